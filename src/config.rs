@@ -1,0 +1,332 @@
+//! The broker's configuration: `key = value` lines with `#` comments, each key overridable by an
+//! environment variable `HAMQ_<KEY>` (so a daemontools `envdir` works).
+//!
+//! Owns parsing and validation only; `main` calls it once before any thread starts. An unknown key
+//! or a bad value is an error naming the key and where it came from (file line or variable).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything the broker reads from its configuration, with defaults filled in.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Unique per broker; shown in logs and (later) as the lock holder.
+    pub name: String,
+    /// `mysql://user:pass@host:port/db`.
+    pub datastore: String,
+    pub stomp_listen: SocketAddr,
+    pub default_persistent: bool,
+    pub max_redeliveries: u32,
+    pub default_prefetch: usize,
+    pub max_command_line: usize,
+    pub max_header_line: usize,
+    pub max_headers: usize,
+    pub max_frame: usize,
+    /// `login -> password`; empty means every CONNECT is accepted.
+    pub users: Vec<(String, String)>,
+    /// How often the broker can send heart-beats (the `sx` of CONNECTED).
+    pub heartbeat_send: Duration,
+    /// How often the broker wants client heart-beats (the `sy` of CONNECTED); 0 = not required.
+    pub heartbeat_receive: Duration,
+    /// A socket that sends no CONNECT within this is closed.
+    pub connect_timeout: Duration,
+    /// Bytes of message bodies held in memory; beyond it bodies stay in the store until needed.
+    pub memory_limit: usize,
+}
+
+/// A configuration problem: which key, where it was set, and what is wrong.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    /// `line N of PATH` or `environment variable HAMQ_X`.
+    pub origin: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "config key `{}` ({}): {}",
+            self.key, self.origin, self.problem
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every key the broker knows. Kept in one list so that the file, the environment and the error
+/// for an unknown key agree.
+const KEYS: &[&str] = &[
+    "name",
+    "datastore",
+    "stomp_listen",
+    "default_persistent",
+    "max_redeliveries",
+    "default_prefetch",
+    "max_command_line",
+    "max_header_line",
+    "max_headers",
+    "max_frame",
+    "users",
+    "heartbeat_send_ms",
+    "heartbeat_receive_ms",
+    "connect_timeout_ms",
+    "memory_limit",
+];
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            name: default_name(),
+            datastore: String::new(),
+            stomp_listen: SocketAddr::from(([0, 0, 0, 0], 61613)),
+            default_persistent: true,
+            max_redeliveries: 6,
+            default_prefetch: 1000,
+            max_command_line: 1024,
+            max_header_line: 10 * 1024,
+            max_headers: 1000,
+            max_frame: 10 * 1024 * 1024,
+            users: Vec::new(),
+            heartbeat_send: Duration::from_millis(1000),
+            heartbeat_receive: Duration::from_millis(30_000),
+            connect_timeout: Duration::from_millis(30_000),
+            memory_limit: 64 * 1024 * 1024,
+        }
+    }
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "hamq".to_string())
+}
+
+impl Config {
+    /// Parse the file's text (`path` only names it in errors), then apply `env` overrides
+    /// (pairs of variable name and value, usually `std::env::vars()`).
+    pub fn parse(
+        text: &str,
+        path: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        for (index, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let origin = format!("line {} of {}", index + 1, path);
+            let Some((key, value)) = line.split_once('=') else {
+                return Err(ConfigError {
+                    key: line.to_string(),
+                    origin,
+                    problem: "expected `key = value`".to_string(),
+                });
+            };
+            config.set(key.trim(), value.trim(), &origin)?;
+        }
+        for (var, value) in env {
+            let Some(key) = var.strip_prefix("HAMQ_") else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            // Variables the scripts use for themselves (HAMQ_HOME, HAMQ_CONFIG, ...) are not keys.
+            if KEYS.contains(&key.as_str()) {
+                config.set(&key, value.trim(), &format!("environment variable {var}"))?;
+            }
+        }
+        if config.datastore.is_empty() || config.datastore == "local" {
+            return Err(ConfigError {
+                key: "datastore".to_string(),
+                origin: "the final configuration".to_string(),
+                problem: "`local` (or nothing) is resolved by ./run, which starts a private \
+                          MariaDB: start hamq through ./run, or give \
+                          mysql://user:pass@host:port/db"
+                    .to_string(),
+            });
+        }
+        Ok(config)
+    }
+
+    fn set(&mut self, key: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
+        let bad = |problem: String| ConfigError {
+            key: key.to_string(),
+            origin: origin.to_string(),
+            problem,
+        };
+        match key {
+            "name" => self.name = non_empty(value).map_err(bad)?,
+            "datastore" => self.datastore = datastore(value).map_err(bad)?,
+            "stomp_listen" => {
+                self.stomp_listen = value
+                    .parse()
+                    .map_err(|_| bad(format!("`{value}` is not an address like 0.0.0.0:61613")))?
+            }
+            "default_persistent" => self.default_persistent = boolean(value).map_err(bad)?,
+            "max_redeliveries" => self.max_redeliveries = number(value).map_err(bad)?,
+            "default_prefetch" => self.default_prefetch = positive(value).map_err(bad)?,
+            "max_command_line" => self.max_command_line = positive(value).map_err(bad)?,
+            "max_header_line" => self.max_header_line = positive(value).map_err(bad)?,
+            "max_headers" => self.max_headers = positive(value).map_err(bad)?,
+            "max_frame" => self.max_frame = positive(value).map_err(bad)?,
+            "users" => self.users = users(value).map_err(bad)?,
+            "heartbeat_send_ms" => self.heartbeat_send = millis(value).map_err(bad)?,
+            "heartbeat_receive_ms" => self.heartbeat_receive = millis(value).map_err(bad)?,
+            "connect_timeout_ms" => {
+                self.connect_timeout = Duration::from_millis(positive(value).map_err(bad)? as u64)
+            }
+            "memory_limit" => self.memory_limit = positive(value).map_err(bad)?,
+            _ => {
+                return Err(bad(format!(
+                    "unknown key; known keys are: {}",
+                    KEYS.join(", ")
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+fn non_empty(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        Err("must not be empty".to_string())
+    } else {
+        Ok(value.to_string())
+    }
+}
+
+/// `local` is accepted here and refused only if no override (from ./run) replaced it.
+fn datastore(value: &str) -> Result<String, String> {
+    if value == "local" {
+        return Ok(value.to_string());
+    }
+    if !value.starts_with("mysql://") {
+        return Err(format!(
+            "`{value}` is not a URL like mysql://user:pass@host:port/db"
+        ));
+    }
+    mysql::Opts::from_url(value).map_err(|e| format!("bad datastore URL: {e}"))?;
+    Ok(value.to_string())
+}
+
+fn boolean(value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "yes" | "on" => Ok(true),
+        "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("`{value}` is not true or false")),
+    }
+}
+
+fn number<T: std::str::FromStr>(value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("`{value}` is not a non-negative whole number"))
+}
+
+fn positive(value: &str) -> Result<usize, String> {
+    match number::<usize>(value)? {
+        0 => Err("must be greater than 0".to_string()),
+        n => Ok(n),
+    }
+}
+
+fn millis(value: &str) -> Result<Duration, String> {
+    number::<u64>(value).map(Duration::from_millis)
+}
+
+fn users(value: &str) -> Result<Vec<(String, String)>, String> {
+    value
+        .split_whitespace()
+        .map(|pair| match pair.split_once(':') {
+            Some((login, password)) if !login.is_empty() => {
+                Ok((login.to_string(), password.to_string()))
+            }
+            _ => Err(format!("`{pair}` is not login:password")),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "mysql://u:p@127.0.0.1:3306/hamq";
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::parse(text, "test.conf", env)
+    }
+
+    #[test]
+    fn file_values_comments_and_env_override() {
+        let text = format!("# comment\n\nname = a\ndatastore = {URL}\nmax_frame = 100\n");
+        let config = parse(&text, &[("HAMQ_MAX_FRAME", "200"), ("HAMQ_HOME", "/x")]).unwrap();
+        assert_eq!(config.name, "a");
+        assert_eq!(config.datastore, URL);
+        assert_eq!(config.max_frame, 200);
+        assert_eq!(config.max_headers, 1000);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = parse(&format!("datastore = {URL}\nbogus = 1\n"), &[]).unwrap_err();
+        assert_eq!(err.key, "bogus");
+        assert_eq!(err.origin, "line 2 of test.conf");
+        assert!(err.to_string().contains("unknown key"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let cases = [
+            ("max_frame = 0", "max_frame"),
+            ("max_frame = -3", "max_frame"),
+            ("default_persistent = maybe", "default_persistent"),
+            ("stomp_listen = nowhere", "stomp_listen"),
+            ("users = guest", "users"),
+            ("no equals sign", "no equals sign"),
+        ];
+        for (line, key) in cases {
+            let err = parse(&format!("datastore = {URL}\n{line}\n"), &[]).unwrap_err();
+            assert_eq!(err.key, key, "{line}");
+            assert_eq!(err.origin, "line 2 of test.conf", "{line}");
+        }
+        let err = parse("", &[("HAMQ_MAX_HEADERS", "x"), ("HAMQ_DATASTORE", URL)]).unwrap_err();
+        assert_eq!(err.origin, "environment variable HAMQ_MAX_HEADERS");
+    }
+
+    #[test]
+    fn datastore_is_required_and_checked() {
+        assert_eq!(parse("", &[]).unwrap_err().key, "datastore");
+        assert_eq!(
+            parse("datastore = local", &[]).unwrap_err().key,
+            "datastore"
+        );
+        let resolved = parse("datastore = local", &[("HAMQ_DATASTORE", URL)]).unwrap();
+        assert_eq!(resolved.datastore, URL);
+        assert_eq!(
+            parse("datastore = pg://x", &[]).unwrap_err().key,
+            "datastore"
+        );
+    }
+
+    #[test]
+    fn users_are_pairs() {
+        let config = parse(
+            &format!("datastore = {URL}\nusers = guest:guest a:b:c\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.users,
+            vec![
+                ("guest".to_string(), "guest".to_string()),
+                ("a".to_string(), "b:c".to_string())
+            ]
+        );
+    }
+}

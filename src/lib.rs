@@ -1,0 +1,29 @@
+//! hamq: a small, fast, highly available STOMP broker over a shared MySQL/MariaDB store.
+//!
+//! # Layout
+//! Arrows point one way: `server` -> `session` -> (`router`, `store`) -> `queue` -> `message`;
+//! `codec` knows nothing but bytes.
+//!
+//! - `config`: the `key = value` file, `HAMQ_<KEY>` overrides, validation with key and line.
+//! - `codec`: STOMP frames: incremental decoder with limits, encoder, header escaping.
+//! - `command`: a decoded frame turned into a typed client command, or a protocol error.
+//! - `message`: a message as the broker holds it, destinations, ids and the MESSAGE frame.
+//! - `queue`: one destination's pending messages in priority/arrival order.
+//! - `router`: the single routing thread: destinations, subscriptions, in-flight deliveries.
+//! - `store`: all SQL: schema, recovery, the group-commit writer thread, body paging.
+//! - `outbox`: a connection's bounded outgoing queue: delivery window, control credits.
+//! - `session`: one client connection: its reader thread (parse, execute) and writer thread.
+//! - `shutdown`: the stop signal every loop checks; wakes the accept loop.
+//! - `server`: process life: store connect, recovery, listener, accept loop, shutdown.
+
+pub mod codec;
+pub mod command;
+pub mod config;
+pub mod message;
+pub mod outbox;
+pub mod queue;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod store;

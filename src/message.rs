@@ -1,0 +1,209 @@
+//! A message as the broker holds it, destination names, message ids, and the MESSAGE frame.
+//!
+//! Plain data shared (behind `Arc`) by the session, store and router threads; it calls only the
+//! codec's `Frame`. Nothing here blocks.
+
+use crate::codec::Frame;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Ids of non-persistent messages live above this bit, so they never meet the database's
+/// auto-increment ids of persistent ones.
+pub const NON_PERSISTENT_BIT: u64 = 1 << 62;
+
+/// Longest destination name the store's column takes.
+pub const MAX_DESTINATION: usize = 255;
+
+/// The two kinds of destination STOMP clients know from ActiveMQ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Competing consumers: each message to one subscriber.
+    Queue,
+    /// Fan-out to every current subscriber (and to durable subscriptions).
+    Topic,
+}
+
+/// Parse a `destination` header: `/queue/NAME` or `/topic/NAME`.
+pub fn parse_destination(value: &str) -> Result<Kind, String> {
+    let (kind, name) = if let Some(name) = value.strip_prefix("/queue/") {
+        (Kind::Queue, name)
+    } else if let Some(name) = value.strip_prefix("/topic/") {
+        (Kind::Topic, name)
+    } else {
+        return Err(format!(
+            "destination `{value}` is not supported: use /queue/NAME or /topic/NAME"
+        ));
+    };
+    if name.is_empty() {
+        return Err(format!("destination `{value}` has an empty name"));
+    }
+    if value.len() > MAX_DESTINATION {
+        return Err(format!(
+            "destination name is {} bytes long, the limit is {MAX_DESTINATION}",
+            value.len()
+        ));
+    }
+    Ok(kind)
+}
+
+/// The dead-letter queue for messages of `destination`: `/queue/DLQ.<name>`.
+pub fn dead_letter_queue(destination: &str) -> String {
+    let name = destination
+        .strip_prefix("/queue/")
+        .or_else(|| destination.strip_prefix("/topic/"))
+        .unwrap_or(destination);
+    format!("/queue/DLQ.{name}")
+}
+
+/// One message. Immutable once routed; redelivery state lives with the queue entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// The database's id for a persistent message, `NON_PERSISTENT_BIT | n` otherwise.
+    pub id: u64,
+    pub destination: Arc<str>,
+    pub persistent: bool,
+    /// 0-9, higher first.
+    pub priority: u8,
+    /// Epoch milliseconds after which it is never delivered; 0 = never.
+    pub expires: i64,
+    /// Epoch milliseconds when the broker received it.
+    pub timestamp: i64,
+    /// Set on a dead-lettered message: where it was sent first.
+    pub original_destination: Option<String>,
+    /// The SEND's headers that the MESSAGE carries through (not the ones the broker sets).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Message {
+    /// The `message-id` header: the database id, or `np-N` for a non-persistent message.
+    pub fn message_id(&self) -> String {
+        format_message_id(self.id)
+    }
+
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        self.expires > 0 && self.expires <= now_ms
+    }
+
+    /// Bytes this message keeps in memory, for window and memory accounting.
+    pub fn weight(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + 128
+    }
+}
+
+pub fn format_message_id(id: u64) -> String {
+    if id & NON_PERSISTENT_BIT != 0 {
+        format!("np-{}", id & !NON_PERSISTENT_BIT)
+    } else {
+        id.to_string()
+    }
+}
+
+/// Inverse of `format_message_id`.
+pub fn parse_message_id(text: &str) -> Option<u64> {
+    match text.strip_prefix("np-") {
+        Some(n) => n.parse::<u64>().ok().map(|n| n | NON_PERSISTENT_BIT),
+        None => text.parse().ok(),
+    }
+}
+
+/// Headers a SEND uses to instruct the broker; they are not carried through to MESSAGE.
+pub const BROKER_HEADERS: &[&str] = &[
+    "destination",
+    "transaction",
+    "receipt",
+    "content-length",
+    "persistent",
+    "priority",
+    "expires",
+    "message-id",
+    "subscription",
+    "ack",
+    "timestamp",
+    "redelivered",
+    "redelivery-count",
+    "original-destination",
+];
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One delivery of a message to one subscription.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    /// The client's subscription id.
+    pub subscription: Arc<str>,
+    /// The 1.2 `ack` header value.
+    pub ack: String,
+    pub redelivered: bool,
+    pub redeliveries: u32,
+}
+
+impl Delivery {
+    /// The MESSAGE frame; `content-length` is always set (clients rely on it for binary bodies).
+    pub fn to_frame(&self) -> Frame {
+        let m = &self.message;
+        let mut frame = Frame::new("MESSAGE")
+            .with_header("destination", &m.destination)
+            .with_header("message-id", &m.message_id())
+            .with_header("subscription", &self.subscription)
+            .with_header("ack", &self.ack)
+            .with_header("priority", &m.priority.to_string())
+            .with_header("expires", &m.expires.to_string())
+            .with_header("timestamp", &m.timestamp.to_string())
+            .with_header("content-length", &m.body.len().to_string());
+        if m.persistent {
+            frame = frame.with_header("persistent", "true");
+        }
+        if self.redelivered {
+            frame = frame
+                .with_header("redelivered", "true")
+                .with_header("redelivery-count", &self.redeliveries.to_string());
+        }
+        if let Some(original) = &m.original_destination {
+            frame = frame.with_header("original-destination", original);
+        }
+        for (name, value) in &m.headers {
+            frame = frame.with_header(name, value);
+        }
+        frame.with_body(m.body.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations() {
+        assert_eq!(parse_destination("/queue/a"), Ok(Kind::Queue));
+        assert_eq!(parse_destination("/topic/a.b"), Ok(Kind::Topic));
+        assert!(parse_destination("/queue/").is_err());
+        assert!(parse_destination("/temp-queue/x")
+            .unwrap_err()
+            .contains("/queue/NAME"));
+        assert!(parse_destination(&format!("/queue/{}", "x".repeat(300))).is_err());
+        assert_eq!(dead_letter_queue("/queue/a"), "/queue/DLQ.a");
+        assert_eq!(dead_letter_queue("/topic/t"), "/queue/DLQ.t");
+    }
+
+    #[test]
+    fn message_ids_round_trip() {
+        for id in [1, 42, NON_PERSISTENT_BIT | 7] {
+            assert_eq!(parse_message_id(&format_message_id(id)), Some(id));
+        }
+        assert_eq!(format_message_id(NON_PERSISTENT_BIT | 7), "np-7");
+        assert_eq!(parse_message_id("x"), None);
+    }
+}

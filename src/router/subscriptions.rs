@@ -1,0 +1,274 @@
+//! Subscribing, unsubscribing, acknowledging and transactions' held acks; connections leaving.
+//! Runs on the router thread only; each request returns the `Reply` its session waits for.
+
+use super::{target, ConnId, InFlight, Reply, Router, Source, Sub};
+use crate::message::{parse_message_id, Kind};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// SUBSCRIBE's `ack` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckMode {
+    Auto,
+    /// Cumulative: an ACK covers every earlier delivery on the subscription.
+    Client,
+    ClientIndividual,
+}
+
+/// How an ACK/NACK names its message, per STOMP version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AckRef {
+    /// 1.2: the MESSAGE's `ack` header.
+    Id(String),
+    /// 1.1: `message-id` and `subscription`.
+    MessageOf {
+        message_id: String,
+        subscription: String,
+    },
+    /// 1.0: `message-id` alone.
+    Message(String),
+}
+
+/// A validated SUBSCRIBE.
+#[derive(Clone, Debug)]
+pub struct SubscribeRequest {
+    pub id: String,
+    pub destination: String,
+    pub kind: Kind,
+    pub ack: AckMode,
+    pub prefetch: usize,
+    /// (client-id, subscription name) of a durable topic subscription; the store has created it.
+    pub durable: Option<(String, String)>,
+}
+
+/// The 1.2 `ack` header the router issues: `SUBSCRIPTIONKEY-MESSAGEID`.
+pub fn format_ack_id(key: u64, message_id: &str) -> String {
+    format!("{key}-{message_id}")
+}
+
+fn parse_ack_id(text: &str) -> Option<(u64, u64)> {
+    let (key, message) = text.split_once('-')?;
+    Some((key.parse().ok()?, parse_message_id(message)?))
+}
+
+impl Router {
+    pub(super) fn subscribe(&mut self, conn: ConnId, request: SubscribeRequest) -> Reply {
+        let Some(c) = self.conns.get(&conn) else {
+            return Reply::Refused("not connected".to_string());
+        };
+        if c.subs.contains_key(&request.id) {
+            return Reply::Refused(format!(
+                "subscription id `{}` is already in use on this connection",
+                request.id
+            ));
+        }
+        self.next_sub += 1;
+        let key = self.next_sub;
+        let destination: Arc<str> = Arc::from(request.destination.as_str());
+        let (source, topic) = match (&request.durable, request.kind) {
+            (Some(name), _) => {
+                let Some(&id) = self.durable_names.get(name) else {
+                    return Reply::Refused(format!("durable subscription `{}` not found", name.1));
+                };
+                let Some(durable) = self.durables.get_mut(&id) else {
+                    return Reply::Refused(format!("durable subscription `{}` not found", name.1));
+                };
+                if durable.active.is_some() {
+                    return Reply::Refused(format!(
+                        "durable subscription `{}` of client `{}` is already active",
+                        name.1, name.0
+                    ));
+                }
+                durable.active = Some(key);
+                (Source::Durable(id), None)
+            }
+            (None, Kind::Queue) => {
+                let dest = self.queues.entry(destination.clone()).or_default();
+                dest.consumers.push(key);
+                (Source::Queue(destination), None)
+            }
+            (None, Kind::Topic) => {
+                self.topics
+                    .entry(destination.clone())
+                    .or_default()
+                    .push(key);
+                (Source::Topic, Some(destination))
+            }
+        };
+        let sub = Sub {
+            conn,
+            id: Arc::from(request.id.as_str()),
+            source: source.clone(),
+            topic,
+            ack: request.ack,
+            prefetch: request.prefetch,
+            inflight: VecDeque::new(),
+        };
+        self.subs.insert(key, sub);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.subs.insert(request.id, key);
+        }
+        self.dispatch(&source);
+        Reply::Done
+    }
+
+    /// UNSUBSCRIBE `id`; with `durable`, also delete that durable subscription (which must then
+    /// be inactive or be this very subscription).
+    pub(super) fn unsubscribe(
+        &mut self,
+        conn: ConnId,
+        id: Option<String>,
+        durable: Option<(String, String)>,
+    ) -> Reply {
+        let key = id
+            .as_ref()
+            .and_then(|id| self.conns.get_mut(&conn)?.subs.remove(id));
+        if let Some(key) = key {
+            self.remove_sub(key);
+        } else if durable.is_none() {
+            let id = id.unwrap_or_default();
+            return Reply::Refused(format!("no subscription with id `{id}` on this connection"));
+        }
+        let Some(name) = durable else {
+            return Reply::Done;
+        };
+        let Some(&durable_id) = self.durable_names.get(&name) else {
+            return Reply::Refused(format!("durable subscription `{}` not found", name.1));
+        };
+        if self
+            .durables
+            .get(&durable_id)
+            .is_some_and(|d| d.active.is_some())
+        {
+            return Reply::Refused(format!(
+                "durable subscription `{}` is active on another connection",
+                name.1
+            ));
+        }
+        self.durable_names.remove(&name);
+        self.durables.remove(&durable_id);
+        self.blocked.remove(&Source::Durable(durable_id));
+        Reply::DurableRemoved(durable_id)
+    }
+
+    /// Find the subscription and position of the acknowledged delivery. Lenient like ActiveMQ:
+    /// an `ack` id (`KEY-MESSAGEID`) is accepted where a message id is expected, as clients of
+    /// 1.0/1.1 often echo the MESSAGE's `ack` header.
+    fn resolve(&self, conn: ConnId, ack: &AckRef) -> Result<(u64, usize), String> {
+        let c = self.conns.get(&conn).ok_or("not connected")?;
+        let (text, subscription) = match ack {
+            AckRef::Id(id) => (id.as_str(), None),
+            AckRef::MessageOf {
+                message_id,
+                subscription,
+            } => {
+                let key = c
+                    .subs
+                    .get(subscription)
+                    .ok_or_else(|| format!("no subscription with id `{subscription}`"))?;
+                (message_id.as_str(), Some(*key))
+            }
+            AckRef::Message(message_id) => (message_id.as_str(), None),
+        };
+        let (key, id) = match (parse_message_id(text), parse_ack_id(text)) {
+            (Some(id), _) => (subscription, id),
+            (None, Some((key, id))) => (Some(key), id),
+            (None, None) => return Err(format!("`{text}` is not an id this broker issued")),
+        };
+        let keys: Vec<u64> = match key {
+            Some(k) if c.subs.values().any(|&mine| mine == k) => vec![k],
+            Some(_) => {
+                return Err(format!(
+                    "`{text}` is not for a subscription of this connection"
+                ))
+            }
+            None => c.subs.values().copied().collect(),
+        };
+        keys.into_iter()
+            .find_map(|k| {
+                let sub = self.subs.get(&k)?;
+                let pos = sub.inflight.iter().position(|f| f.entry.message.id == id)?;
+                Some((k, pos))
+            })
+            .ok_or_else(|| format!("message `{text}` is not awaiting acknowledgement here"))
+    }
+
+    pub(super) fn ack(
+        &mut self,
+        conn: ConnId,
+        ack: AckRef,
+        nack: bool,
+        transaction: Option<String>,
+    ) -> Reply {
+        let (key, pos) = match self.resolve(conn, &ack) {
+            Ok(found) => found,
+            Err(problem) => return Reply::Refused(problem),
+        };
+        let Some(sub) = self.subs.get_mut(&key) else {
+            return Reply::Refused("subscription vanished".to_string());
+        };
+        let taken: Vec<InFlight> = match sub.ack {
+            super::AckMode::Client => sub.inflight.drain(..=pos).collect(),
+            _ => sub.inflight.remove(pos).into_iter().collect(),
+        };
+        let source = sub.source.clone();
+        let reply = if nack {
+            for flight in taken {
+                self.redeliver(flight);
+            }
+            Reply::Done
+        } else if let Some(tx) = transaction {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.held.entry(tx).or_default().extend(taken);
+            }
+            Reply::Done
+        } else {
+            let removals = taken
+                .iter()
+                .filter_map(|f| target(&f.entry.message, &f.source))
+                .collect();
+            Reply::Removals(removals)
+        };
+        self.dispatch(&source);
+        reply
+    }
+
+    /// COMMIT: the held acks become removals for the store. ABORT: they are redelivered.
+    pub(super) fn end_transaction(
+        &mut self,
+        conn: ConnId,
+        transaction: &str,
+        commit: bool,
+    ) -> Reply {
+        let held = self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.held.remove(transaction))
+            .unwrap_or_default();
+        if commit {
+            let removals = held
+                .iter()
+                .filter_map(|f| target(&f.entry.message, &f.source))
+                .collect();
+            return Reply::Removals(removals);
+        }
+        for flight in held {
+            self.redeliver(flight);
+        }
+        Reply::Done
+    }
+
+    /// The connection closed: its subscriptions end and what it had not acknowledged (also
+    /// inside open transactions) goes back for redelivery.
+    pub(super) fn disconnected(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        for key in c.subs.into_values() {
+            self.remove_sub(key);
+        }
+        for flight in c.held.into_values().flatten() {
+            self.redeliver(flight);
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Process life: connect to the store (retrying), prepare and recover, start the store writer and
+//! the router, bind the STOMP listener, accept connections (one reader thread each, which starts
+//! its writer), and shut down in order: listener, connections, router, store writer.
+//!
+//! Runs on the main thread. Owns the threads it starts and joins every one of them.
+
+use crate::config::Config;
+use crate::router::{Router, RouterMsg, INBOX_DEPTH};
+use crate::session::{self, Context};
+use crate::shutdown::Shutdown;
+use crate::store::{self, Committed, StoreError};
+use mysql::Conn;
+use std::collections::HashMap;
+use std::net::{Shutdown as Both, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Open connections, so shutdown can cut them; each session removes itself when it ends.
+type Registry = Arc<Mutex<HashMap<u64, TcpStream>>>;
+
+/// Run the broker until `shutdown` is set. Err(reason) when it stopped because of a failure.
+pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), String> {
+    let Some(mut conn) = connect_with_retry(&config, &shutdown) else {
+        return Ok(());
+    };
+    store::prepare(&mut conn).map_err(|e| e.to_string())?;
+    let recovered = store::recover(&mut conn).map_err(|e| e.to_string())?;
+    let count = recovered.queued.len() + recovered.entries.len();
+    let destinations = count_destinations(&recovered);
+    log::info!("recovered {count} messages in {destinations} destinations");
+
+    let (router_tx, router_rx) = crossbeam_channel::bounded(INBOX_DEPTH);
+    let forward_tx = router_tx.clone();
+    let forward = Box::new(move |c: Committed| forward_tx.send(RouterMsg::Committed(c)).is_ok());
+    let fail = shutdown.clone();
+    let on_failure = Box::new(move |e: StoreError| fail.fail(format!("store failure: {e}")));
+    let writer = store::spawn_writer(conn, &recovered.durables, forward, on_failure)
+        .map_err(|e| format!("could not start the store writer: {e}"))?;
+    let router = Router::new(writer.ops.clone(), config.max_redeliveries, recovered);
+    let router_thread = router
+        .spawn(router_rx)
+        .map_err(|e| format!("could not start the router: {e}"))?;
+
+    let listener = TcpListener::bind(config.stomp_listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.stomp_listen));
+    let ctx = Context {
+        config: Arc::new(config),
+        router: router_tx.clone(),
+        store: writer.ops.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let sessions = match listener {
+        Ok(listener) => accept_loop(listener, ctx),
+        Err(e) => {
+            shutdown.fail(e);
+            Vec::new()
+        }
+    };
+    for session in sessions {
+        let _ = session.join();
+    }
+    let _ = router_tx.send(RouterMsg::Shutdown);
+    drop(router_tx);
+    let _ = router_thread.join();
+    drop(writer.ops);
+    let _ = writer.thread.join();
+    match shutdown.failure() {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
+}
+
+fn count_destinations(recovered: &store::Recovered) -> usize {
+    let mut names: Vec<&str> = recovered
+        .queued
+        .iter()
+        .map(|(m, _)| &*m.destination)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names.len() + recovered.durables.len()
+}
+
+/// An unreachable datastore is not fatal: log it and retry with capped backoff.
+fn connect_with_retry(config: &Config, shutdown: &Shutdown) -> Option<Conn> {
+    let mut delay = Duration::from_millis(250);
+    while !shutdown.is_stopping() {
+        match store::connect(&config.datastore).and_then(|mut c| {
+            let description = store::server_description(&mut c)?;
+            Ok((c, description))
+        }) {
+            Ok((conn, description)) => {
+                log::info!("datastore connected: {description} (engine InnoDB)");
+                return Some(conn);
+            }
+            Err(e) => {
+                log::warn!("{e}; retrying in {} ms", delay.as_millis());
+                sleep_unless_stopping(delay, shutdown);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    None
+}
+
+fn sleep_unless_stopping(total: Duration, shutdown: &Shutdown) {
+    let step = Duration::from_millis(50);
+    let mut slept = Duration::ZERO;
+    while slept < total && !shutdown.is_stopping() {
+        std::thread::sleep(step);
+        slept += step;
+    }
+}
+
+/// Accept until shutdown, then cut every open connection; returns the session threads to join.
+fn accept_loop(listener: TcpListener, ctx: Context) -> Vec<JoinHandle<()>> {
+    let registry: Registry = Arc::default();
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    match listener.local_addr() {
+        Ok(addr) => {
+            log::info!("listening for STOMP on {addr}");
+            ctx.shutdown.set_wake(wake_address(addr));
+        }
+        Err(e) => ctx.shutdown.fail(format!("listener has no address: {e}")),
+    }
+    let mut next_id = 0u64;
+    for stream in listener.incoming() {
+        if ctx.shutdown.is_stopping() {
+            break;
+        }
+        let Ok(stream) = stream else { continue };
+        next_id += 1;
+        if let Some(thread) = start_session(next_id, stream, &ctx, &registry) {
+            threads.push(thread);
+        }
+        threads.retain(|t| !t.is_finished());
+    }
+    log::info!("shutting down: listener closed, closing connections");
+    drop(listener);
+    if let Ok(open) = registry.lock() {
+        for stream in open.values() {
+            let _ = stream.shutdown(Both::Both);
+        }
+    }
+    threads
+}
+
+/// `0.0.0.0:port` cannot be connected to: wake the loop through loopback instead.
+fn wake_address(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    let mut wake = addr;
+    if addr.ip().is_unspecified() {
+        wake.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    wake
+}
+
+fn start_session(
+    id: u64,
+    stream: TcpStream,
+    ctx: &Context,
+    registry: &Registry,
+) -> Option<JoinHandle<()>> {
+    let _ = stream.set_nodelay(true);
+    let handle = stream.try_clone().ok()?;
+    if let Ok(mut open) = registry.lock() {
+        open.insert(id, handle);
+    }
+    let ctx = ctx.clone();
+    let registry = registry.clone();
+    std::thread::Builder::new()
+        .name("conn-reader".to_string())
+        .spawn(move || {
+            session::serve(id, stream, ctx);
+            if let Ok(mut open) = registry.lock() {
+                open.remove(&id);
+            }
+        })
+        .ok()
+}

@@ -1,0 +1,318 @@
+//! Executing each client command on the reader thread (see the parent module for the rules).
+
+use super::{receipt_frame, Flow, Session};
+use crate::codec::Frame;
+use crate::command::{self, Command, Connect, Send, Subscribe};
+use crate::message::{now_ms, Message};
+use crate::outbox::Outbox;
+use crate::router::{AckRef, Reply, RouterMsg, SubscribeRequest};
+use crate::store::{Done, StoreError, StoreOp, Target};
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Session {
+    pub(super) fn handle(&mut self, frame: Frame) -> Flow {
+        let receipt = frame.header("receipt").map(str::to_string);
+        let receipt = receipt.as_deref();
+        let connected = self.version.is_some();
+        let is_connect = matches!(frame.command.as_str(), "CONNECT" | "STOMP");
+        if !connected && !is_connect {
+            let problem = format!("expected CONNECT or STOMP first, got {}", frame.command);
+            return self.refuse(&problem, receipt);
+        }
+        if connected && is_connect {
+            return self.refuse("already connected", receipt);
+        }
+        let version = self.version.unwrap_or(crate::codec::Version::V1_0);
+        let command = match command::parse(frame, version) {
+            Ok(command) => command,
+            Err(problem) => return self.refuse(&problem, receipt),
+        };
+        match command {
+            Command::Connect(c) => self.connect(c),
+            Command::Send(s) => self.send(s, receipt),
+            Command::Subscribe(s) => self.subscribe(s, receipt),
+            Command::Unsubscribe { id, durable_name } => {
+                self.unsubscribe(id, durable_name, receipt)
+            }
+            Command::Ack {
+                ack,
+                transaction,
+                nack,
+            } => self.ack(ack, transaction, nack, receipt),
+            Command::Begin(tx) => self.begin(tx, receipt),
+            Command::Commit(tx) => self.commit(tx, receipt),
+            Command::Abort(tx) => self.abort(tx, receipt),
+            Command::Disconnect => self.disconnect(receipt),
+        }
+    }
+
+    fn connect(&mut self, c: Connect) -> Flow {
+        let users = &self.ctx.config.users;
+        let allowed = users.is_empty()
+            || users.iter().any(|(login, password)| {
+                c.login.as_deref() == Some(login) && c.passcode.as_deref() == Some(password)
+            });
+        if !allowed {
+            return self.refuse("authentication failed", None);
+        }
+        let config = &self.ctx.config;
+        let sx = config.heartbeat_send.as_millis() as u64;
+        let sy = config.heartbeat_receive.as_millis() as u64;
+        let (cx, cy) = c.heart_beat;
+        let towards_client = if sx > 0 && cy > 0 { sx.max(cy) } else { 0 };
+        let from_client = if cx > 0 && sy > 0 { cx.max(sy) } else { 0 };
+        self.silence_limit = (from_client > 0).then(|| Duration::from_millis(2 * from_client));
+        self.settings
+            .set(c.version, Duration::from_millis(towards_client));
+        self.decoder.set_version(c.version);
+        self.version = Some(c.version);
+        self.client_id = c.client_id;
+        let connected = Frame::new("CONNECTED")
+            .with_header("version", c.version.as_str())
+            .with_header("session", &self.id.to_string())
+            .with_header("server", concat!("hamq/", env!("CARGO_PKG_VERSION")))
+            .with_header("heart-beat", &format!("{sx},{sy}"));
+        let registered = self.ctx.router.send(RouterMsg::Connected {
+            conn: self.id,
+            outbox: self.outbox.clone(),
+            reply: self.reply_tx.clone(),
+        });
+        if registered.is_err() || !self.reserve() || !self.outbox.control(connected) {
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    fn send(&mut self, s: Send, receipt: Option<&str>) -> Flow {
+        let message = Message {
+            id: 0,
+            destination: Arc::from(s.destination.as_str()),
+            persistent: s.persistent.unwrap_or(self.ctx.config.default_persistent),
+            priority: s.priority,
+            expires: s.expires,
+            timestamp: now_ms(),
+            original_destination: None,
+            headers: s.headers,
+            body: s.body,
+        };
+        if let Some(tx) = s.transaction {
+            let Some(sends) = self.transactions.get_mut(&tx) else {
+                return self.refuse(&format!("transaction `{tx}` was not begun"), receipt);
+            };
+            sends.push(message);
+            return self.receipt_now(receipt);
+        }
+        self.commit_to_store(vec![message], Vec::new(), receipt)
+    }
+
+    /// Queue a store commit whose RECEIPT (if asked for) is sent once it is durable.
+    fn commit_to_store(
+        &mut self,
+        sends: Vec<Message>,
+        removals: Vec<Target>,
+        receipt: Option<&str>,
+    ) -> Flow {
+        let done = match receipt {
+            Some(id) => {
+                if !self.reserve() {
+                    return Flow::Close;
+                }
+                Some(receipt_done(self.outbox.clone(), id.to_string()))
+            }
+            None => None,
+        };
+        if sends.is_empty() && removals.is_empty() && done.is_none() {
+            return Flow::Continue;
+        }
+        let op = StoreOp::Commit {
+            sends,
+            removals,
+            done,
+        };
+        if self.to_store(op) {
+            Flow::Continue
+        } else {
+            Flow::Close
+        }
+    }
+
+    fn subscribe(&mut self, s: Subscribe, receipt: Option<&str>) -> Flow {
+        let durable = match (&s.durable_name, &self.client_id) {
+            (None, _) => None,
+            (Some(_), None) => {
+                let problem = "a durable subscription needs a client-id header on CONNECT";
+                return self.refuse(problem, receipt);
+            }
+            (Some(name), Some(client_id)) => Some((client_id.clone(), name.clone())),
+        };
+        if let Some((client_id, name)) = &durable {
+            let op = StoreOp::CreateDurable {
+                client_id: client_id.clone(),
+                name: name.clone(),
+                topic: s.destination.clone(),
+                done: notify(self.store_tx.clone()),
+            };
+            match self.to_store(op).then(|| self.await_store()).flatten() {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return self.refuse(&e.to_string(), receipt),
+                None => return Flow::Close,
+            }
+        }
+        let request = SubscribeRequest {
+            id: s.id,
+            destination: s.destination,
+            kind: s.kind,
+            ack: s.ack,
+            prefetch: s.prefetch.unwrap_or(self.ctx.config.default_prefetch),
+            durable,
+        };
+        let msg = RouterMsg::Subscribe {
+            conn: self.id,
+            request,
+        };
+        self.answer(msg, receipt)
+    }
+
+    fn unsubscribe(
+        &mut self,
+        id: Option<String>,
+        durable_name: Option<String>,
+        receipt: Option<&str>,
+    ) -> Flow {
+        let durable = match (durable_name, &self.client_id) {
+            (Some(name), Some(client_id)) => Some((client_id.clone(), name)),
+            (Some(_), None) => {
+                let problem = "removing a durable subscription needs a client-id on CONNECT";
+                return self.refuse(problem, receipt);
+            }
+            (None, _) => None,
+        };
+        let msg = RouterMsg::Unsubscribe {
+            conn: self.id,
+            id,
+            durable,
+        };
+        match self.ask(msg) {
+            Some(Reply::DurableRemoved(id)) => {
+                if !self.to_store(StoreOp::DeleteDurable { id }) {
+                    return Flow::Close;
+                }
+                self.commit_to_store(Vec::new(), Vec::new(), receipt)
+            }
+            other => self.settle(other, receipt),
+        }
+    }
+
+    fn ack(
+        &mut self,
+        ack: AckRef,
+        transaction: Option<String>,
+        nack: bool,
+        receipt: Option<&str>,
+    ) -> Flow {
+        if let Some(tx) = &transaction {
+            if !self.transactions.contains_key(tx) {
+                return self.refuse(&format!("transaction `{tx}` was not begun"), receipt);
+            }
+        }
+        let msg = RouterMsg::Ack {
+            conn: self.id,
+            ack,
+            nack,
+            transaction,
+        };
+        self.answer(msg, receipt)
+    }
+
+    /// Ask the router; removals it returns are committed before the RECEIPT.
+    fn answer(&mut self, msg: RouterMsg, receipt: Option<&str>) -> Flow {
+        let reply = self.ask(msg);
+        self.settle(reply, receipt)
+    }
+
+    fn settle(&mut self, reply: Option<Reply>, receipt: Option<&str>) -> Flow {
+        match reply {
+            Some(Reply::Removals(removals)) => self.commit_to_store(Vec::new(), removals, receipt),
+            Some(Reply::Done) | Some(Reply::DurableRemoved(_)) => self.receipt_now(receipt),
+            Some(Reply::Refused(problem)) => self.refuse(&problem, receipt),
+            None => Flow::Close,
+        }
+    }
+
+    fn begin(&mut self, tx: String, receipt: Option<&str>) -> Flow {
+        if self.transactions.contains_key(&tx) {
+            return self.refuse(&format!("transaction `{tx}` is already open"), receipt);
+        }
+        self.transactions.insert(tx, Vec::new());
+        self.receipt_now(receipt)
+    }
+
+    /// The transaction's SENDs and held acks commit in one store transaction.
+    fn commit(&mut self, tx: String, receipt: Option<&str>) -> Flow {
+        let Some(sends) = self.transactions.remove(&tx) else {
+            return self.refuse(&format!("transaction `{tx}` was not begun"), receipt);
+        };
+        let msg = RouterMsg::EndTransaction {
+            conn: self.id,
+            transaction: tx,
+            commit: true,
+        };
+        match self.ask(msg) {
+            Some(Reply::Removals(removals)) => self.commit_to_store(sends, removals, receipt),
+            other => self.settle(other, receipt),
+        }
+    }
+
+    fn abort(&mut self, tx: String, receipt: Option<&str>) -> Flow {
+        if self.transactions.remove(&tx).is_none() {
+            return self.refuse(&format!("transaction `{tx}` was not begun"), receipt);
+        }
+        let msg = RouterMsg::EndTransaction {
+            conn: self.id,
+            transaction: tx,
+            commit: false,
+        };
+        self.answer(msg, receipt)
+    }
+
+    /// With a receipt: wait until everything sent before is committed, then RECEIPT and close.
+    fn disconnect(&mut self, receipt: Option<&str>) -> Flow {
+        if let Some(id) = receipt {
+            let barrier = StoreOp::Commit {
+                sends: Vec::new(),
+                removals: Vec::new(),
+                done: Some(notify(self.store_tx.clone())),
+            };
+            if self.to_store(barrier) && matches!(self.await_store(), Some(Ok(()))) {
+                self.receipt_now(Some(id));
+            }
+        }
+        self.outbox.close();
+        Flow::Close
+    }
+}
+
+/// After commit: RECEIPT; after a failed commit: ERROR and close (the credit was reserved).
+fn receipt_done(outbox: Outbox, id: String) -> Done {
+    Box::new(move |result: Result<(), StoreError>| match result {
+        Ok(()) => {
+            outbox.control(receipt_frame(&id));
+        }
+        Err(e) => {
+            let problem = format!("not stored: {e}");
+            let frame = Frame::new("ERROR")
+                .with_header("message", &problem)
+                .with_header("receipt-id", &id);
+            outbox.control(frame);
+            outbox.close();
+        }
+    })
+}
+
+/// Report the outcome to this session's store reply channel (the reader waits on it).
+fn notify(tx: crossbeam_channel::Sender<Result<(), StoreError>>) -> Done {
+    Box::new(move |result| {
+        let _ = tx.try_send(result);
+    })
+}

@@ -1,0 +1,282 @@
+//! One client connection: its reader thread (this module: read, decode, execute) and its writer
+//! thread (`writer`: the only one that writes to the socket).
+//!
+//! The reader parses frames with the codec, turns them into commands, and executes them by
+//! sending owned requests: SENDs, acks and commits to the store writer (whose callbacks queue the
+//! RECEIPT after commit), subscriptions and acks to the router (waiting for its answer on this
+//! session's reply channel). Every wait is bounded and rechecks shutdown. Bad input gets an ERROR
+//! naming the problem, then the connection closes; nothing of a refused frame reaches the store.
+//! Submodule `handlers` executes each command.
+
+mod handlers;
+pub mod writer;
+
+use crate::codec::{Decoded, Decoder, Frame, Limits, Version};
+use crate::config::Config;
+use crate::outbox::{outbox, Outbox};
+use crate::router::{ConnId, Reply, RouterMsg};
+use crate::shutdown::Shutdown;
+use crate::store::{StoreError, StoreOp};
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use writer::WriterSettings;
+
+/// What every session shares.
+#[derive(Clone)]
+pub struct Context {
+    pub config: Arc<Config>,
+    pub router: Sender<RouterMsg>,
+    pub store: Sender<StoreOp>,
+    pub shutdown: Arc<Shutdown>,
+}
+
+/// How long any single wait lasts before shutdown is checked again.
+const TICK: Duration = Duration::from_millis(200);
+/// After an ERROR, how long unread input is drained so the peer gets the ERROR, not a reset.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Whether the reader goes on after a frame.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+struct Session {
+    id: ConnId,
+    ctx: Context,
+    stream: TcpStream,
+    outbox: Outbox,
+    settings: Arc<WriterSettings>,
+    decoder: Decoder,
+    /// None until CONNECT succeeded.
+    version: Option<Version>,
+    client_id: Option<String>,
+    /// Open transactions and their buffered SENDs.
+    transactions: HashMap<String, Vec<crate::message::Message>>,
+    /// Client heart-beats expected at least this often (twice the agreed interval); None = never.
+    silence_limit: Option<Duration>,
+    reply_tx: Sender<Reply>,
+    reply_rx: Receiver<Reply>,
+    store_tx: Sender<Result<(), StoreError>>,
+    store_rx: Receiver<Result<(), StoreError>>,
+}
+
+/// Serve one accepted connection on this thread until it closes.
+pub fn serve(id: ConnId, stream: TcpStream, ctx: Context) {
+    let (settings, outbox, writer) = match start_writer(&stream) {
+        Ok(parts) => parts,
+        Err(e) => return log::warn!("connection {id}: could not start its writer: {e}"),
+    };
+    let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+    let (store_tx, store_rx) = crossbeam_channel::bounded(1);
+    let config = ctx.config.clone();
+    let mut session = Session {
+        id,
+        ctx,
+        stream,
+        outbox,
+        settings,
+        decoder: Decoder::new(Limits {
+            max_command_line: config.max_command_line,
+            max_header_line: config.max_header_line,
+            max_headers: config.max_headers,
+            max_frame: config.max_frame,
+        }),
+        version: None,
+        client_id: None,
+        transactions: HashMap::new(),
+        silence_limit: None,
+        reply_tx,
+        reply_rx,
+        store_tx,
+        store_rx,
+    };
+    session.read_loop();
+    if session.version.is_some() {
+        let _ = session
+            .ctx
+            .router
+            .send(RouterMsg::Disconnected { conn: id });
+    }
+    session.outbox.close();
+    drop(session);
+    let _ = writer.join();
+}
+
+fn start_writer(
+    stream: &TcpStream,
+) -> std::io::Result<(Arc<WriterSettings>, Outbox, JoinHandle<()>)> {
+    let (outbox, inbox) = outbox(stream.try_clone()?);
+    let settings = Arc::new(WriterSettings::default());
+    let write_half = stream.try_clone()?;
+    let thread_settings = settings.clone();
+    let writer = std::thread::Builder::new()
+        .name("conn-writer".to_string())
+        .spawn(move || writer::run(write_half, inbox, thread_settings))?;
+    Ok((settings, outbox, writer))
+}
+
+impl Session {
+    fn read_loop(&mut self) {
+        let _ = self.stream.set_read_timeout(Some(TICK));
+        let started = Instant::now();
+        let mut last_read = Instant::now();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if self.ctx.shutdown.is_stopping() {
+                return;
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    last_read = Instant::now();
+                    self.decoder.feed(&buf[..n]);
+                    if self.decode_all() == Flow::Close {
+                        return;
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if self.timed_out(started, last_read) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn decode_all(&mut self) -> Flow {
+        loop {
+            match self.decoder.decode() {
+                Ok(None) => return Flow::Continue,
+                Ok(Some(Decoded::HeartBeat)) => {}
+                Ok(Some(Decoded::Frame(frame))) => {
+                    if self.handle(frame) == Flow::Close {
+                        return Flow::Close;
+                    }
+                }
+                Err(e) => return self.refuse(&e.to_string(), None),
+            }
+        }
+    }
+
+    /// CONNECT not sent in time, or a connected client silent past twice its heart-beat.
+    fn timed_out(&mut self, started: Instant, last_read: Instant) -> bool {
+        if self.version.is_none() && started.elapsed() > self.ctx.config.connect_timeout {
+            let limit = self.ctx.config.connect_timeout.as_millis();
+            self.refuse(&format!("no CONNECT frame within {limit} ms"), None);
+            return true;
+        }
+        if let Some(limit) = self.silence_limit {
+            if last_read.elapsed() > limit {
+                let ms = limit.as_millis();
+                self.refuse(
+                    &format!("no heart-beat or frame from the client for {ms} ms"),
+                    None,
+                );
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Send an ERROR naming the problem (with `receipt-id` when the frame asked for a receipt),
+    /// close, and drain what the client still sends for a moment so it reads the ERROR.
+    fn refuse(&mut self, problem: &str, receipt: Option<&str>) -> Flow {
+        log::info!("connection {}: {problem}; closing it", self.id);
+        let mut frame = Frame::new("ERROR")
+            .with_header("message", problem)
+            .with_header("content-type", "text/plain")
+            .with_header("content-length", &problem.len().to_string());
+        if let Some(receipt) = receipt {
+            frame = frame.with_header("receipt-id", receipt);
+        }
+        if self.reserve() {
+            self.outbox
+                .control(frame.with_body(problem.as_bytes().to_vec()));
+        }
+        self.outbox.close();
+        let deadline = Instant::now() + LINGER;
+        let mut sink = [0u8; 8192];
+        while Instant::now() < deadline {
+            match self.stream.read(&mut sink) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+        Flow::Close
+    }
+
+    /// Take a control credit (see `outbox`), waiting while the client does not read its replies.
+    fn reserve(&self) -> bool {
+        loop {
+            match self.outbox.reserve(TICK) {
+                Some(true) => return true,
+                Some(false) if !self.ctx.shutdown.is_stopping() => {}
+                _ => return false,
+            }
+        }
+    }
+
+    /// Queue a RECEIPT now (for frames whose effect is already done).
+    fn receipt_now(&self, receipt: Option<&str>) -> Flow {
+        if let Some(id) = receipt {
+            if !self.reserve() || !self.outbox.control(receipt_frame(id)) {
+                return Flow::Close;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Ask the router and wait for its answer; None when the broker is stopping.
+    fn ask(&self, msg: RouterMsg) -> Option<Reply> {
+        self.ctx.router.send(msg).ok()?;
+        loop {
+            match self.reply_rx.recv_timeout(TICK) {
+                Ok(reply) => return Some(reply),
+                Err(_) if self.ctx.shutdown.is_stopping() => return None,
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Hand an operation to the store writer; blocks while it is busy (producer flow control).
+    fn to_store(&self, mut op: StoreOp) -> bool {
+        loop {
+            match self.ctx.store.send_timeout(op, TICK) {
+                Ok(()) => return true,
+                Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => {
+                    if self.ctx.shutdown.is_stopping() {
+                        return false;
+                    }
+                    op = back;
+                }
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return false,
+            }
+        }
+    }
+
+    /// Wait for a store callback that reports to this session.
+    fn await_store(&self) -> Option<Result<(), StoreError>> {
+        loop {
+            match self.store_rx.recv_timeout(TICK) {
+                Ok(result) => return Some(result),
+                Err(_) if self.ctx.shutdown.is_stopping() => return None,
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+fn receipt_frame(id: &str) -> Frame {
+    Frame::new("RECEIPT").with_header("receipt-id", id)
+}

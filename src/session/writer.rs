@@ -1,0 +1,108 @@
+//! A connection's writer thread: the only code that writes to the socket.
+//!
+//! Takes `Outgoing` items from the connection's `Inbox` in order, encodes them, and flushes when
+//! the queue is empty (so bursts go out in few syscalls). Sends a heart-beat EOL when nothing was
+//! written for the agreed interval. Every write is bounded by `SLOW_CONSUMER_DEADLINE`: a client
+//! that does not read for that long is disconnected (its unacknowledged messages are redelivered
+//! elsewhere). On any write error it shuts the socket down, which also ends the reader.
+
+use crate::codec::{encode, Version, HEARTBEAT};
+use crate::outbox::{Inbox, Outgoing};
+use crossbeam_channel::RecvTimeoutError;
+use std::io::{BufWriter, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A client that takes no bytes for this long is cut off.
+pub const SLOW_CONSUMER_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What the reader decides at CONNECT and the writer must follow.
+#[derive(Default)]
+pub struct WriterSettings {
+    /// 0 = 1.0, 1 = 1.1, 2 = 1.2.
+    version: AtomicU8,
+    /// Heart-beat interval towards the client; 0 = none.
+    heartbeat_ms: AtomicU64,
+}
+
+impl WriterSettings {
+    pub fn set(&self, version: Version, heartbeat: Duration) {
+        let v = match version {
+            Version::V1_0 => 0,
+            Version::V1_1 => 1,
+            Version::V1_2 => 2,
+        };
+        self.version.store(v, Ordering::SeqCst);
+        self.heartbeat_ms
+            .store(heartbeat.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    fn version(&self) -> Version {
+        match self.version.load(Ordering::SeqCst) {
+            0 => Version::V1_0,
+            1 => Version::V1_1,
+            _ => Version::V1_2,
+        }
+    }
+
+    fn heartbeat(&self) -> Option<Duration> {
+        match self.heartbeat_ms.load(Ordering::SeqCst) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// How long to wait for work when no heart-beat is due, so the thread notices a dropped inbox.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+pub fn run(stream: TcpStream, inbox: Inbox, settings: Arc<WriterSettings>) {
+    let _ = stream.set_write_timeout(Some(SLOW_CONSUMER_DEADLINE));
+    let mut out = BufWriter::with_capacity(64 * 1024, &stream);
+    let mut buf = Vec::with_capacity(4096);
+    let result = loop {
+        let heartbeat = settings.heartbeat();
+        let item = match inbox.rx.recv_timeout(heartbeat.unwrap_or(IDLE_WAIT)) {
+            Ok(item) => item,
+            Err(RecvTimeoutError::Timeout) => {
+                if heartbeat.is_some() {
+                    if let Err(e) = out.write_all(HEARTBEAT).and_then(|_| out.flush()) {
+                        break Err(e);
+                    }
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break out.flush(),
+        };
+        buf.clear();
+        match item {
+            Outgoing::Control(frame) => {
+                encode(&frame, settings.version(), &mut buf);
+                inbox.written_control();
+            }
+            Outgoing::Message(delivery) => {
+                encode(&delivery.to_frame(), settings.version(), &mut buf);
+                inbox.written_message(delivery.message.body.len());
+            }
+            Outgoing::Close => {
+                let flushed = out.flush();
+                let _ = stream.shutdown(Shutdown::Write);
+                break flushed;
+            }
+        }
+        let written = out.write_all(&buf);
+        let flushed = match written {
+            Ok(()) if inbox.rx.is_empty() => out.flush(),
+            other => other,
+        };
+        if let Err(e) = flushed {
+            break Err(e);
+        }
+    };
+    if let Err(e) = result {
+        log::debug!("connection write failed: {e}");
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+}

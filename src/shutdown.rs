@@ -1,0 +1,55 @@
+//! The stop signal handed to every loop: set once (SIGTERM/SIGINT, or a fatal store failure),
+//! seen by the accept loop (woken by a connection to itself) and by every thread's bounded waits.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct Shutdown {
+    stopping: AtomicBool,
+    /// Why the broker stops on its own; the process then exits non-zero.
+    failure: Mutex<Option<String>>,
+    /// The listener to connect to so that a blocked `accept` returns.
+    wake: Mutex<Option<SocketAddr>>,
+}
+
+impl Shutdown {
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Idempotent: the first call wakes the accept loop, later ones do nothing more.
+    pub fn begin(&self) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let wake = self.wake.lock().ok().and_then(|w| *w);
+        if let Some(addr) = wake {
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+        }
+    }
+
+    /// Stop because something broke; the reason is logged and the exit code is 1.
+    pub fn fail(&self, why: String) {
+        if let Ok(mut failure) = self.failure.lock() {
+            failure.get_or_insert(why);
+        }
+        self.begin();
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Called once the listener is bound; a stop that came earlier is passed on at once.
+    pub fn set_wake(&self, addr: SocketAddr) {
+        if let Ok(mut wake) = self.wake.lock() {
+            *wake = Some(addr);
+        }
+        if self.is_stopping() {
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! All SQL: connecting, the schema, recovery, and the group-commit writer (`writer`).
+//!
+//! `connect`, `prepare` and `recover` run on the server thread before any client is served; the
+//! writer runs on its own thread. Nothing here knows sessions or the router: results leave through
+//! callbacks (`Done`) and a forwarding function handed in by the server, so arrows point one way.
+//! Every write transaction goes through `writer::Writer::commit_batch`, the one place where the
+//! fencing check of master/slave will go.
+
+mod schema;
+mod writer;
+
+pub use writer::{spawn_writer, WriterHandle};
+
+use crate::message::Message;
+use mysql::prelude::Queryable;
+use mysql::{Conn, Opts, OptsBuilder};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a store write is about: a queued message row, or one durable subscription's entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Message(u64),
+    Entry { sub: u64, message: u64 },
+}
+
+/// Called once with the outcome after the batch holding the operation committed or failed.
+pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// One unit of work for the writer thread; each is applied inside the batch's transaction.
+pub enum StoreOp {
+    /// SENDs (one, or a transaction's) and acknowledged targets to remove. After commit the
+    /// sends are forwarded for routing (in order, non-persistent ones too), then `done` runs.
+    Commit {
+        sends: Vec<Message>,
+        removals: Vec<Target>,
+        done: Option<Done>,
+    },
+    /// The redelivery count of a message or entry changed.
+    Redelivered { target: Target, count: u32 },
+    /// Move a message to its dead-letter queue; the new row is forwarded for routing.
+    DeadLetter {
+        target: Target,
+        message: Arc<Message>,
+        dlq: String,
+    },
+    /// Create (or re-point) a durable subscription; forwarded as `Committed::Durable`.
+    CreateDurable {
+        client_id: String,
+        name: String,
+        topic: String,
+        done: Done,
+    },
+    /// Delete a durable subscription, its entries and the messages no one else holds.
+    DeleteDurable { id: u64 },
+}
+
+/// What the writer forwards to the router, in commit order.
+#[derive(Debug)]
+pub enum Committed {
+    Messages(Vec<Arc<Message>>),
+    Durable(DurableRow),
+}
+
+/// A durable topic subscription as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DurableRow {
+    pub id: u64,
+    pub client_id: String,
+    pub name: String,
+    pub topic: String,
+}
+
+/// A message recovered from the store, with its redelivery count (for a queue, or per durable
+/// subscription entry).
+#[derive(Debug)]
+pub struct Recovered {
+    pub queued: Vec<(Message, u32)>,
+    pub durables: Vec<DurableRow>,
+    /// (durable id, message, redeliveries), ordered by message id.
+    pub entries: Vec<(u64, Arc<Message>, u32)>,
+}
+
+/// Errors at the store boundary.
+#[derive(Clone, Debug)]
+pub enum StoreError {
+    /// The server could not be reached or the connection broke (retryable by reconnecting).
+    Unreachable(String),
+    /// The server answered with an error.
+    Sql(String),
+    /// The database is not fit for hamq (wrong engine, newer schema).
+    Unfit(String),
+    /// The writer thread is gone (shutdown or a previous failure).
+    Stopped,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Unreachable(e) => write!(f, "datastore unreachable: {e}"),
+            StoreError::Sql(e) => write!(f, "datastore error: {e}"),
+            StoreError::Unfit(e) => write!(f, "datastore not usable: {e}"),
+            StoreError::Stopped => write!(f, "store writer stopped"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<mysql::Error> for StoreError {
+    fn from(e: mysql::Error) -> StoreError {
+        if e.is_connectivity_error() {
+            StoreError::Unreachable(e.to_string())
+        } else {
+            StoreError::Sql(e.to_string())
+        }
+    }
+}
+
+/// Bound on every socket call to the database, so no thread waits on it for ever.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Open one connection with bounded socket calls. Logs nothing: callers say what it was for.
+pub fn connect(url: &str) -> Result<Conn, StoreError> {
+    let opts = Opts::from_url(url).map_err(|e| StoreError::Unfit(e.to_string()))?;
+    let opts = OptsBuilder::from_opts(opts)
+        .tcp_connect_timeout(Some(Duration::from_secs(5)))
+        .read_timeout(Some(IO_TIMEOUT))
+        .write_timeout(Some(IO_TIMEOUT))
+        .stmt_cache_size(Some(64));
+    Ok(Conn::new(opts)?)
+}
+
+/// `MariaDB 10.11.6` or `MySQL 8.0.36`, for the "datastore connected" log line.
+pub fn server_description(conn: &mut Conn) -> Result<String, StoreError> {
+    let row: Option<mysql::Row> = conn.query_first("SELECT VERSION()")?;
+    let version: String = match row {
+        Some(row) => column(&row, 0)?,
+        None => String::new(),
+    };
+    let product = if version.to_ascii_lowercase().contains("mariadb") {
+        "MariaDB"
+    } else {
+        "MySQL"
+    };
+    let short = version.split('-').next().unwrap_or(&version);
+    Ok(format!("{product} {short}"))
+}
+
+/// Create or upgrade the schema and check that it is usable (InnoDB, known version).
+pub fn prepare(conn: &mut Conn) -> Result<(), StoreError> {
+    schema::prepare(conn)
+}
+
+/// Everything to serve again after a restart, in the order it was sent.
+pub fn recover(conn: &mut Conn) -> Result<Recovered, StoreError> {
+    schema::recover(conn)
+}
+
+/// Column `index` of a row, checked: the `mysql` crate's typed reads panic on a surprise.
+fn column<T: mysql::prelude::FromValue>(row: &mysql::Row, index: usize) -> Result<T, StoreError> {
+    match row.get_opt::<T, usize>(index) {
+        Some(Ok(value)) => Ok(value),
+        _ => Err(StoreError::Unfit(format!(
+            "unexpected value in column {index} of a row the store read"
+        ))),
+    }
+}
+
+/// Headers as stored: for each, name length, name, value length, value (lengths as u32 LE).
+fn encode_headers(headers: &[(String, String)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        for part in [name, value] {
+            out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            out.extend_from_slice(part.as_bytes());
+        }
+    }
+    out
+}
+
+fn decode_headers(mut bytes: &[u8]) -> Result<Vec<(String, String)>, StoreError> {
+    let take = |bytes: &mut &[u8]| -> Result<String, StoreError> {
+        let bad = || StoreError::Unfit("a stored message has corrupt headers".to_string());
+        let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(bad)?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(bad());
+        }
+        let (text, rest) = rest.split_at(len);
+        *bytes = rest;
+        String::from_utf8(text.to_vec()).map_err(|_| bad())
+    };
+    let mut headers = Vec::new();
+    while !bytes.is_empty() {
+        let name = take(&mut bytes)?;
+        let value = take(&mut bytes)?;
+        headers.push((name, value));
+    }
+    Ok(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_and_corruption_is_an_error() {
+        let headers = vec![
+            ("a".to_string(), "1".to_string()),
+            ("".to_string(), "x\0y".to_string()),
+        ];
+        let bytes = encode_headers(&headers);
+        assert_eq!(decode_headers(&bytes).unwrap(), headers);
+        assert!(decode_headers(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_headers(&[1, 0]).is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! The schema (created idempotently, versioned, InnoDB checked) and recovery reads.
+//!
+//! Runs on the server thread before clients are served, on the connection `server` opened.
+
+use super::{column, decode_headers, DurableRow, Recovered, StoreError};
+use crate::message::Message;
+use mysql::prelude::Queryable;
+use mysql::{Conn, Row};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The schema version this build writes and reads.
+const SCHEMA_VERSION: u32 = 1;
+
+const TABLES: &[&str] = &[
+    "hamq_schema",
+    "hamq_messages",
+    "hamq_durable_subs",
+    "hamq_durable_entries",
+];
+
+const CREATE: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS hamq_schema (
+        version INT UNSIGNED NOT NULL
+    ) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS hamq_messages (
+        id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        destination VARCHAR(255) NOT NULL,
+        priority TINYINT UNSIGNED NOT NULL,
+        expires BIGINT NOT NULL,
+        timestamp BIGINT NOT NULL,
+        redeliveries INT UNSIGNED NOT NULL DEFAULT 0,
+        original_destination VARCHAR(255) NULL,
+        headers MEDIUMBLOB NOT NULL,
+        body LONGBLOB NOT NULL,
+        KEY by_destination (destination, id)
+    ) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS hamq_durable_subs (
+        id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        client_id VARCHAR(255) NOT NULL,
+        name VARCHAR(255) NOT NULL,
+        topic VARCHAR(255) NOT NULL,
+        UNIQUE KEY by_name (client_id, name),
+        KEY by_topic (topic)
+    ) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS hamq_durable_entries (
+        sub_id BIGINT UNSIGNED NOT NULL,
+        msg_id BIGINT UNSIGNED NOT NULL,
+        redeliveries INT UNSIGNED NOT NULL DEFAULT 0,
+        PRIMARY KEY (sub_id, msg_id),
+        KEY by_message (msg_id)
+    ) ENGINE=InnoDB",
+];
+
+pub(super) fn prepare(conn: &mut Conn) -> Result<(), StoreError> {
+    let innodb: Option<Row> =
+        conn.query_first("SELECT SUPPORT FROM information_schema.ENGINES WHERE ENGINE = 'InnoDB'")?;
+    let innodb = innodb.map(|row| column::<String>(&row, 0)).transpose()?;
+    if !matches!(innodb.as_deref(), Some("YES" | "DEFAULT")) {
+        return Err(StoreError::Unfit(
+            "the server has no InnoDB engine; hamq needs InnoDB".to_string(),
+        ));
+    }
+    for statement in CREATE {
+        conn.query_drop(statement)?;
+    }
+    check_engines(conn)?;
+    let row: Option<Row> = conn.query_first("SELECT MAX(version) FROM hamq_schema")?;
+    let version = match row {
+        Some(row) => column::<Option<u32>>(&row, 0)?,
+        None => None,
+    };
+    match version {
+        None => {
+            conn.exec_drop(
+                "INSERT INTO hamq_schema (version) VALUES (?)",
+                (SCHEMA_VERSION,),
+            )?;
+            log::info!("created schema version {SCHEMA_VERSION}");
+        }
+        Some(v) if v > SCHEMA_VERSION => {
+            return Err(StoreError::Unfit(format!(
+                "schema version {v} is newer than this hamq ({SCHEMA_VERSION}); upgrade hamq"
+            )))
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+/// A table created by hand (or by an old default) with another engine has no transactions.
+fn check_engines(conn: &mut Conn) -> Result<(), StoreError> {
+    let rows: Vec<Row> = conn.query(
+        "SELECT TABLE_NAME, ENGINE FROM information_schema.TABLES
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE 'hamq\\_%'",
+    )?;
+    for row in rows {
+        let table: String = column(&row, 0)?;
+        let engine: String = column::<Option<String>>(&row, 1)?.unwrap_or_default();
+        if TABLES.contains(&table.as_str()) && !engine.eq_ignore_ascii_case("InnoDB") {
+            return Err(StoreError::Unfit(format!(
+                "table {table} uses engine {engine}; hamq needs InnoDB \
+                 (ALTER TABLE {table} ENGINE=InnoDB)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+const MESSAGE_COLUMNS: &str = "m.id, m.destination, m.priority, m.expires, m.timestamp, \
+     m.original_destination, m.headers, m.body";
+
+pub(super) fn recover(conn: &mut Conn) -> Result<Recovered, StoreError> {
+    let query = format!(
+        "SELECT {MESSAGE_COLUMNS}, m.redeliveries FROM hamq_messages m
+         WHERE m.destination LIKE '/queue/%' ORDER BY m.id"
+    );
+    let mut queued = Vec::new();
+    for row in conn.query_iter(query)? {
+        let row = row?;
+        let redeliveries = column::<u32>(&row, 8)?;
+        queued.push((message_from_row(&row)?, redeliveries));
+    }
+    let rows: Vec<Row> =
+        conn.query("SELECT id, client_id, name, topic FROM hamq_durable_subs ORDER BY id")?;
+    let durables = rows
+        .iter()
+        .map(|row| {
+            Ok(DurableRow {
+                id: column(row, 0)?,
+                client_id: column(row, 1)?,
+                name: column(row, 2)?,
+                topic: column(row, 3)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let query = format!(
+        "SELECT {MESSAGE_COLUMNS}, e.sub_id, e.redeliveries FROM hamq_durable_entries e
+         JOIN hamq_messages m ON m.id = e.msg_id ORDER BY m.id, e.sub_id"
+    );
+    let mut entries = Vec::new();
+    // One Arc per message however many subscriptions hold it.
+    let mut shared: HashMap<u64, Arc<Message>> = HashMap::new();
+    for row in conn.query_iter(query)? {
+        let row = row?;
+        let message = message_from_row(&row)?;
+        let message = shared
+            .entry(message.id)
+            .or_insert_with(|| Arc::new(message))
+            .clone();
+        entries.push((column::<u64>(&row, 8)?, message, column::<u32>(&row, 9)?));
+    }
+    Ok(Recovered {
+        queued,
+        durables,
+        entries,
+    })
+}
+
+fn message_from_row(row: &Row) -> Result<Message, StoreError> {
+    let headers: Vec<u8> = column(row, 6)?;
+    Ok(Message {
+        id: column(row, 0)?,
+        destination: Arc::from(column::<String>(row, 1)?),
+        persistent: true,
+        priority: column(row, 2)?,
+        expires: column(row, 3)?,
+        timestamp: column(row, 4)?,
+        original_destination: column(row, 5)?,
+        headers: decode_headers(&headers)?,
+        body: column(row, 7)?,
+    })
+}

@@ -1,0 +1,409 @@
+//! The group-commit writer: one thread that owns the store's write connection.
+//!
+//! Sessions and the router send `StoreOp`s over a bounded channel (full: the sender blocks, which
+//! slows producers to the store's pace). The thread takes whatever has queued up, applies it in ONE
+//! transaction, commits, then forwards the committed messages (in order) and runs each `Done`. So
+//! N producers cost one fsync per batch, not N. A failed batch is fatal: nothing of it committed,
+//! every waiting `Done` gets the error, and `on_failure` stops the broker (its supervisor restarts
+//! it and recovery reloads the store). It exits once every sender is dropped and the queue drained.
+
+use super::{column, encode_headers, Committed, Done, DurableRow, StoreError, StoreOp, Target};
+use crate::message::{Message, NON_PERSISTENT_BIT};
+use mysql::prelude::Queryable;
+use mysql::{Conn, Transaction, TxOpts};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// How many operations one transaction takes at most.
+const MAX_BATCH: usize = 512;
+/// Depth of the operation queue before senders block.
+pub const QUEUE_DEPTH: usize = 4096;
+
+/// The writer's input and its thread.
+pub struct WriterHandle {
+    pub ops: crossbeam_channel::Sender<StoreOp>,
+    pub thread: JoinHandle<()>,
+}
+
+/// Forwards committed work to the router; false when the router is gone.
+pub type Forward = Box<dyn FnMut(Committed) -> bool + Send>;
+
+/// Start the writer on `conn`; `durables` are the recovered subscriptions.
+pub fn spawn_writer(
+    conn: Conn,
+    durables: &[DurableRow],
+    forward: Forward,
+    on_failure: Box<dyn FnOnce(StoreError) + Send>,
+) -> std::io::Result<WriterHandle> {
+    let (ops, rx) = crossbeam_channel::bounded(QUEUE_DEPTH);
+    let mut writer = Writer {
+        conn,
+        durable_topics: durables.iter().map(|d| (d.id, d.topic.clone())).collect(),
+        next_transient: 1,
+    };
+    let thread = std::thread::Builder::new()
+        .name("store-writer".to_string())
+        .spawn(move || writer.run(rx, forward, on_failure))?;
+    Ok(WriterHandle { ops, thread })
+}
+
+struct Writer {
+    conn: Conn,
+    /// Durable subscription id -> topic, to know which topic messages need rows at all.
+    durable_topics: HashMap<u64, String>,
+    /// Counter for the ids of messages that are not stored.
+    next_transient: u64,
+}
+
+/// What one applied operation leaves to do after the commit.
+#[derive(Default)]
+struct Outcome {
+    committed: Vec<Committed>,
+    dones: Vec<Done>,
+    /// Queue message rows to delete, gathered into one statement per batch.
+    deletes: Vec<u64>,
+}
+
+impl Writer {
+    fn run(
+        &mut self,
+        rx: crossbeam_channel::Receiver<StoreOp>,
+        mut forward: Forward,
+        on_failure: Box<dyn FnOnce(StoreError) + Send>,
+    ) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+            match self.commit_batch(batch) {
+                Ok(outcome) => {
+                    for committed in outcome.committed {
+                        forward(committed);
+                    }
+                    for done in outcome.dones {
+                        done(Ok(()));
+                    }
+                }
+                Err((error, dones)) => {
+                    log::error!("store write failed, nothing of the batch committed: {error}");
+                    for done in dones {
+                        done(Err(error.clone()));
+                    }
+                    on_failure(error);
+                    fail_remaining(&rx);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// THE place every write transaction goes through.
+    fn commit_batch(&mut self, batch: Vec<StoreOp>) -> Result<Outcome, (StoreError, Vec<Done>)> {
+        let mut outcome = Outcome::default();
+        let mut dones_on_error = Vec::new();
+        let result = self.apply_all(batch, &mut outcome);
+        if let Err(error) = result {
+            dones_on_error.append(&mut outcome.dones);
+            return Err((error, dones_on_error));
+        }
+        Ok(outcome)
+    }
+
+    fn apply_all(&mut self, batch: Vec<StoreOp>, out: &mut Outcome) -> Result<(), StoreError> {
+        let durable_topics = &mut self.durable_topics;
+        let next_transient = &mut self.next_transient;
+        let mut tx = self.conn.start_transaction(TxOpts::default())?;
+        let mut failure = None;
+        for op in batch {
+            if failure.is_some() {
+                collect_done(op, out);
+                continue;
+            }
+            let mut ctx = Apply {
+                tx: &mut tx,
+                durable_topics,
+                next_transient,
+            };
+            if let Err(e) = ctx.apply(op, out) {
+                failure = Some(e);
+            }
+        }
+        if let Some(e) = failure {
+            // Rolled back explicitly: Drop would swallow the error of the rollback.
+            let _ = tx.rollback();
+            return Err(e);
+        }
+        delete_messages(&mut tx, &out.deletes)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// After a failure, keep answering senders until they are all gone, so no one waits for ever.
+fn fail_remaining(rx: &crossbeam_channel::Receiver<StoreOp>) {
+    for op in rx.iter() {
+        let mut out = Outcome::default();
+        collect_done(op, &mut out);
+        for done in out.dones {
+            done(Err(StoreError::Stopped));
+        }
+    }
+}
+
+fn collect_done(op: StoreOp, out: &mut Outcome) {
+    match op {
+        StoreOp::Commit { done: Some(d), .. } | StoreOp::CreateDurable { done: d, .. } => {
+            out.dones.push(d)
+        }
+        _ => {}
+    }
+}
+
+/// One operation applied inside the batch's transaction.
+struct Apply<'a, 'b, 'c> {
+    tx: &'a mut Transaction<'b>,
+    durable_topics: &'c mut HashMap<u64, String>,
+    next_transient: &'c mut u64,
+}
+
+impl Apply<'_, '_, '_> {
+    fn apply(&mut self, op: StoreOp, out: &mut Outcome) -> Result<(), StoreError> {
+        match op {
+            StoreOp::Commit {
+                sends,
+                removals,
+                done,
+            } => {
+                out.dones.extend(done);
+                let mut routed = Vec::with_capacity(sends.len());
+                for message in sends {
+                    routed.push(Arc::new(self.insert(message)?));
+                }
+                for target in removals {
+                    self.remove(target, out)?;
+                }
+                push_messages(out, routed);
+            }
+            StoreOp::Redelivered { target, count } => self.redelivered(target, count)?,
+            StoreOp::DeadLetter {
+                target,
+                message,
+                dlq,
+            } => {
+                let moved = self.dead_letter(target, &message, dlq, out)?;
+                push_messages(out, moved.into_iter().map(Arc::new).collect());
+            }
+            StoreOp::CreateDurable {
+                client_id,
+                name,
+                topic,
+                done,
+            } => {
+                out.dones.push(done);
+                let row = self.create_durable(client_id, name, topic)?;
+                out.committed.push(Committed::Durable(row));
+            }
+            StoreOp::DeleteDurable { id } => self.delete_durable(id)?,
+        }
+        Ok(())
+    }
+
+    fn transient_id(&mut self) -> u64 {
+        *self.next_transient += 1;
+        NON_PERSISTENT_BIT | *self.next_transient
+    }
+
+    /// Store a persistent message (queues, and topics that have durable subscriptions); give
+    /// every other message a transient id.
+    fn insert(&mut self, mut message: Message) -> Result<Message, StoreError> {
+        let topic_without_durables = message.destination.starts_with("/topic/")
+            && !self
+                .durable_topics
+                .values()
+                .any(|t| **t == *message.destination);
+        if !message.persistent || topic_without_durables {
+            message.id = self.transient_id();
+            return Ok(message);
+        }
+        self.tx.exec_drop(
+            "INSERT INTO hamq_messages (destination, priority, expires, timestamp, \
+             original_destination, headers, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                &*message.destination,
+                message.priority,
+                message.expires,
+                message.timestamp,
+                message.original_destination.as_deref(),
+                encode_headers(&message.headers),
+                message.body.as_slice(),
+            ),
+        )?;
+        message.id = self.last_id()?;
+        if message.destination.starts_with("/topic/") {
+            self.tx.exec_drop(
+                "INSERT INTO hamq_durable_entries (sub_id, msg_id) \
+                 SELECT id, ? FROM hamq_durable_subs WHERE topic = ?",
+                (message.id, &*message.destination),
+            )?;
+        }
+        Ok(message)
+    }
+
+    fn last_id(&mut self) -> Result<u64, StoreError> {
+        self.tx
+            .last_insert_id()
+            .ok_or_else(|| StoreError::Sql("INSERT gave no id".to_string()))
+    }
+
+    fn remove(&mut self, target: Target, out: &mut Outcome) -> Result<(), StoreError> {
+        match target {
+            Target::Message(id) => out.deletes.push(id),
+            Target::Entry { sub, message } => {
+                self.tx.exec_drop(
+                    "DELETE FROM hamq_durable_entries WHERE sub_id = ? AND msg_id = ?",
+                    (sub, message),
+                )?;
+                self.tx.exec_drop(
+                    "DELETE FROM hamq_messages WHERE id = ? AND NOT EXISTS \
+                     (SELECT 1 FROM hamq_durable_entries WHERE msg_id = ?)",
+                    (message, message),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn redelivered(&mut self, target: Target, count: u32) -> Result<(), StoreError> {
+        match target {
+            Target::Message(id) => self.tx.exec_drop(
+                "UPDATE hamq_messages SET redeliveries = ? WHERE id = ?",
+                (count, id),
+            )?,
+            Target::Entry { sub, message } => self.tx.exec_drop(
+                "UPDATE hamq_durable_entries SET redeliveries = ? WHERE sub_id = ? AND msg_id = ?",
+                (count, sub, message),
+            )?,
+        }
+        Ok(())
+    }
+
+    /// Copy the row into the dead-letter queue (a new id), then remove the original target.
+    fn dead_letter(
+        &mut self,
+        target: Target,
+        message: &Message,
+        dlq: String,
+        out: &mut Outcome,
+    ) -> Result<Option<Message>, StoreError> {
+        let source = match target {
+            Target::Message(id) | Target::Entry { message: id, .. } => id,
+        };
+        self.tx.exec_drop(
+            "INSERT INTO hamq_messages (destination, priority, expires, timestamp, \
+             original_destination, headers, body) SELECT ?, priority, expires, timestamp, \
+             COALESCE(original_destination, destination), headers, body \
+             FROM hamq_messages WHERE id = ?",
+            (&dlq, source),
+        )?;
+        if self.tx.affected_rows() == 0 {
+            return Ok(None);
+        }
+        let mut moved = message.clone();
+        moved.id = self.last_id()?;
+        moved.original_destination = Some(
+            message
+                .original_destination
+                .clone()
+                .unwrap_or_else(|| message.destination.to_string()),
+        );
+        moved.destination = Arc::from(dlq);
+        self.remove(target, out)?;
+        Ok(Some(moved))
+    }
+
+    fn create_durable(
+        &mut self,
+        client_id: String,
+        name: String,
+        topic: String,
+    ) -> Result<DurableRow, StoreError> {
+        let row: Option<mysql::Row> = self.tx.exec_first(
+            "SELECT id, topic FROM hamq_durable_subs WHERE client_id = ? AND name = ? FOR UPDATE",
+            (&client_id, &name),
+        )?;
+        let existing: Option<(u64, String)> = match row {
+            Some(row) => Some((column(&row, 0)?, column(&row, 1)?)),
+            None => None,
+        };
+        let id = match existing {
+            Some((id, old)) if old == topic => id,
+            Some((id, _)) => {
+                // Re-pointed at another topic: what it held for the old one is dropped.
+                self.delete_durable(id)?;
+                self.insert_durable(&client_id, &name, &topic)?
+            }
+            None => self.insert_durable(&client_id, &name, &topic)?,
+        };
+        self.durable_topics.insert(id, topic.clone());
+        Ok(DurableRow {
+            id,
+            client_id,
+            name,
+            topic,
+        })
+    }
+
+    fn insert_durable(
+        &mut self,
+        client_id: &str,
+        name: &str,
+        topic: &str,
+    ) -> Result<u64, StoreError> {
+        self.tx.exec_drop(
+            "INSERT INTO hamq_durable_subs (client_id, name, topic) VALUES (?, ?, ?)",
+            (client_id, name, topic),
+        )?;
+        self.last_id()
+    }
+
+    fn delete_durable(&mut self, id: u64) -> Result<(), StoreError> {
+        let topic = self.durable_topics.remove(&id);
+        self.tx
+            .exec_drop("DELETE FROM hamq_durable_entries WHERE sub_id = ?", (id,))?;
+        self.tx
+            .exec_drop("DELETE FROM hamq_durable_subs WHERE id = ?", (id,))?;
+        if let Some(topic) = topic {
+            self.tx.exec_drop(
+                "DELETE FROM hamq_messages WHERE destination = ? AND NOT EXISTS \
+                 (SELECT 1 FROM hamq_durable_entries e WHERE e.msg_id = hamq_messages.id)",
+                (topic,),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Consecutive messages travel to the router as one `Committed::Messages`.
+fn push_messages(out: &mut Outcome, messages: Vec<Arc<Message>>) {
+    if messages.is_empty() {
+        return;
+    }
+    if let Some(Committed::Messages(last)) = out.committed.last_mut() {
+        last.extend(messages);
+    } else {
+        out.committed.push(Committed::Messages(messages));
+    }
+}
+
+/// One `DELETE ... IN (...)` per chunk instead of a round trip per acknowledged message. The ids
+/// are numbers formatted by us, never client text.
+fn delete_messages(tx: &mut Transaction<'_>, ids: &[u64]) -> Result<(), StoreError> {
+    for chunk in ids.chunks(500) {
+        let list: Vec<String> = chunk.iter().map(u64::to_string).collect();
+        tx.query_drop(format!(
+            "DELETE FROM hamq_messages WHERE id IN ({})",
+            list.join(",")
+        ))?;
+    }
+    Ok(())
+}
