@@ -1,0 +1,243 @@
+//! Bad input: malformed and oversized frames, wrong frame order, unknown destinations, a bad
+//! config line, an unreachable database. Each gets a clear error naming the problem; the broker
+//! keeps serving other clients and nothing half-done reaches the store.
+//! One broker serves every case of a test (with small limits so the cases stay cheap).
+
+mod common;
+
+use common::{shared_mariadb, Broker, Client, TIMEOUT};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+const LIMITS: &[(&str, &str)] = &[
+    ("HAMQ_MAX_COMMAND_LINE", "64"),
+    ("HAMQ_MAX_HEADER_LINE", "256"),
+    ("HAMQ_MAX_HEADERS", "20"),
+    ("HAMQ_MAX_FRAME", "4096"),
+    ("HAMQ_CONNECT_TIMEOUT_MS", "500"),
+];
+
+/// Connect, write `bytes`, expect an ERROR whose message contains `needle`, then EOF.
+fn expect_error(port: u16, connect_first: bool, bytes: &[u8], needle: &str) {
+    let mut c = if connect_first {
+        Client::connect(port)
+    } else {
+        Client::raw(port)
+    };
+    c.write_raw(bytes);
+    let error = c.recv(TIMEOUT);
+    assert_eq!(error.command, "ERROR", "for {needle}: {error:?}");
+    let message = error.header("message").unwrap_or_default().to_string();
+    assert!(
+        message.contains(needle),
+        "`{message}` does not name `{needle}`"
+    );
+    assert!(
+        c.recv_eof(TIMEOUT),
+        "connection not closed after ERROR ({needle})"
+    );
+}
+
+/// A well-behaved client still gets its message through.
+fn still_serves(port: u16, dest: &str) {
+    let mut c = Client::connect(port);
+    c.send_with_receipt(dest, "ok", &[]);
+    c.subscribe(dest, "s", "client-individual", &[]);
+    let m = c.recv(TIMEOUT);
+    assert_eq!(m.text(), "ok");
+    c.ack(m.header("ack").unwrap());
+    c.disconnect();
+}
+
+#[test]
+fn malformed_and_oversized_frames_get_error_then_close() {
+    let url = shared_mariadb().create_database();
+    let b = Broker::start(&url, LIMITS);
+    let port = b.stomp_port();
+    let long_header = format!("SEND\ndestination:/queue/x\nh:{}\n\n\0", "v".repeat(300));
+    let many_headers: String = (0..25).map(|i| format!("h{i}:v\n")).collect();
+    let many_headers = format!("SEND\ndestination:/queue/x\n{many_headers}\n\0");
+    let cases: Vec<(bool, Vec<u8>, &str)> = vec![
+        (
+            false,
+            format!("{}\n\n\0", "C".repeat(100)).into_bytes(),
+            "64",
+        ),
+        (true, long_header.into_bytes(), "256"),
+        (true, many_headers.into_bytes(), "20"),
+        (
+            true,
+            b"SEND\ndestination:/queue/x\ncontent-length:999999\n\n".to_vec(),
+            "4096",
+        ),
+        (
+            true,
+            b"SEND\ndestination:/queue/x\nbad\\q:1\n\n\0".to_vec(),
+            "escape",
+        ),
+        (
+            true,
+            b"SEND\ndestination:/queue/x\nnocolon\n\n\0".to_vec(),
+            "nocolon",
+        ),
+        (
+            true,
+            b"SEND\ndestination:/queue/\xff\xfe\n\n\0".to_vec(),
+            "UTF-8",
+        ),
+        (true, b"FROB\n\n\0".to_vec(), "FROB"),
+        (
+            false,
+            b"SEND\ndestination:/queue/x\n\nhi\0".to_vec(),
+            "CONNECT",
+        ),
+        (
+            true,
+            b"SEND\ndestination:/exchange/x\n\nhi\0".to_vec(),
+            "/queue/NAME",
+        ),
+        (true, b"SEND\n\nhi\0".to_vec(), "destination"),
+        (
+            true,
+            b"SEND\ndestination:/queue/x\npriority:12\n\nhi\0".to_vec(),
+            "priority",
+        ),
+        (
+            true,
+            b"CONNECT\naccept-version:1.2\n\n\0".to_vec(),
+            "already connected",
+        ),
+        (true, b"ACK\nid:77-1\n\n\0".to_vec(), "77-1"),
+        (true, b"COMMIT\ntransaction:nope\n\n\0".to_vec(), "nope"),
+        (
+            true,
+            b"SUBSCRIBE\ndestination:/queue/x\n\n\0".to_vec(),
+            "id",
+        ),
+    ];
+    for (connect_first, bytes, needle) in cases {
+        expect_error(port, connect_first, &bytes, needle);
+        still_serves(port, "/queue/after-error");
+    }
+    // None of the refused SENDs reached the store.
+    let mut c = Client::connect(port);
+    c.subscribe("/queue/x", "s", "auto", &[]);
+    assert!(c.try_recv(Duration::from_millis(300)).is_none());
+}
+
+#[test]
+fn error_carries_the_receipt_id_of_the_bad_frame() {
+    let url = shared_mariadb().create_database();
+    let b = Broker::start(&url, LIMITS);
+    let mut c = Client::connect(b.stomp_port());
+    c.send_frame(
+        "SEND",
+        &[("destination", "/nowhere"), ("receipt", "r-9")],
+        b"x",
+    );
+    let error = c.recv(TIMEOUT);
+    assert_eq!(error.command, "ERROR");
+    assert_eq!(error.header("receipt-id"), Some("r-9"));
+}
+
+#[test]
+fn a_frame_split_at_every_byte_parses() {
+    let url = shared_mariadb().create_database();
+    let b = Broker::start(&url, &[]);
+    let mut c = Client::connect(b.stomp_port());
+    let frame = b"SEND\r\ndestination:/queue/split\r\nreceipt:r1\r\ncontent-length:5\r\nk:a\\cb\r\n\r\nx\0y\nz\0\n\n";
+    for byte in frame.iter() {
+        c.stream().write_all(&[*byte]).unwrap();
+        c.stream().flush().unwrap();
+    }
+    let receipt = c.recv(TIMEOUT);
+    assert_eq!(receipt.command, "RECEIPT");
+    c.subscribe("/queue/split", "s", "auto", &[]);
+    let m = c.recv(TIMEOUT);
+    assert_eq!(m.body, b"x\0y\nz");
+    assert_eq!(m.header("k"), Some("a:b"));
+}
+
+#[test]
+fn a_socket_without_connect_is_closed_after_the_timeout() {
+    let url = shared_mariadb().create_database();
+    let b = Broker::start(&url, LIMITS);
+    let mut c = Client::raw(b.stomp_port());
+    let start = Instant::now();
+    let error = c.recv(TIMEOUT);
+    assert!(error.header("message").unwrap().contains("no CONNECT"));
+    assert!(c.recv_eof(TIMEOUT));
+    assert!(start.elapsed() >= Duration::from_millis(500));
+    still_serves(b.stomp_port(), "/queue/t");
+}
+
+#[test]
+fn wrong_credentials_are_refused() {
+    let url = shared_mariadb().create_database();
+    let b = Broker::start(&url, &[("HAMQ_USERS", "guest:guest admin:s3cret")]);
+    let port = b.stomp_port();
+    for (login, pass) in [("guest", "nope"), ("nobody", "guest"), ("", "")] {
+        let (mut c, reply) = Client::connect_with(
+            port,
+            &[
+                ("accept-version", "1.2"),
+                ("login", login),
+                ("passcode", pass),
+            ],
+        );
+        assert_eq!(reply.command, "ERROR");
+        assert_eq!(reply.header("message"), Some("authentication failed"));
+        assert!(c.recv_eof(TIMEOUT));
+    }
+    let (_, reply) = Client::connect_with(
+        port,
+        &[
+            ("accept-version", "1.2"),
+            ("login", "admin"),
+            ("passcode", "s3cret"),
+        ],
+    );
+    assert_eq!(reply.command, "CONNECTED");
+}
+
+#[test]
+fn bad_config_names_the_key_and_exits() {
+    let url = shared_mariadb().create_database();
+    for (key, value, needle) in [
+        ("HAMQ_MAX_FRAME", "lots", "max_frame"),
+        ("HAMQ_STOMP_LISTEN", "nowhere", "stomp_listen"),
+        ("HAMQ_DATASTORE", "postgres://x", "datastore"),
+    ] {
+        let mut b = Broker::spawn_with_name("badconf", &url, &[(key, value)]);
+        let status = b
+            .wait_exit(TIMEOUT)
+            .expect("broker with a bad config kept running");
+        assert_eq!(status.code(), Some(2));
+        let line = b.wait_for_log(needle, TIMEOUT);
+        assert!(
+            line.contains(&format!("HAMQ_{}", needle.to_uppercase())),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn unreachable_database_is_retried_and_logged() {
+    let dead_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("mysql://hamq:hamq@127.0.0.1:{dead_port}/hamq");
+    let mut b = Broker::spawn_with_name("unreachable", &url, &[]);
+    b.wait_for_log("datastore unreachable", TIMEOUT);
+    b.wait_for_log("retrying in 500 ms", TIMEOUT);
+    assert!(
+        b.wait_exit(Duration::from_millis(100)).is_none(),
+        "gave up instead of retrying"
+    );
+    b.sigterm();
+    let status = b
+        .wait_exit(TIMEOUT)
+        .expect("did not stop on SIGTERM while retrying");
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,0 +1,46 @@
+//! The integration-test harness of hamq, shared by every file under `tests/` via `mod common;`.
+//!
+//! What it owns, and the rules it keeps for every test:
+//! - [`MariaDb`]: a private `mariadbd` on a free port with a throwaway datadir, and
+//!   [`shared_mariadb`], one such server per test binary for tests that never kill it.
+//! - [`Broker`]: the real `hamq` binary with env configuration and a captured log.
+//! - [`Client`] and [`Frame`]: a minimal STOMP client with its own parser, independent of the
+//!   crate's codec, so a codec bug cannot hide itself in the tests.
+//!
+//! Every process started here is stopped by PID by a guard whose `Drop` kills and waits, also
+//! when the test fails, and gets SIGKILL if the test process dies abruptly (see `process`).
+//! Ports are picked free by the kernel. Nothing waits by sleeping: readiness is polled against a
+//! deadline, and a timeout panics saying what was awaited, with the process's recent log lines.
+
+// Every test binary compiles this whole module but uses only part of it: the items it does
+// not use would warn as dead code, and their re-exports below as unused imports.
+#![allow(dead_code, unused_imports)]
+
+mod broker;
+mod client;
+mod mariadb;
+mod process;
+
+pub use broker::Broker;
+pub use client::{Client, Frame, TIMEOUT};
+pub use mariadb::{shared_mariadb, MariaDb};
+
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// The python interpreter that can `import stomp` (stomp.py), or `None` when there is none.
+pub fn python3_with_stomp() -> Option<String> {
+    static FOUND: OnceLock<Option<String>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let ok = Command::new("python3")
+                .args(["-c", "import stomp"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            ok.then(|| "python3".to_string())
+        })
+        .clone()
+}
