@@ -28,6 +28,7 @@ pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), String> {
     let recovered = store::recover(&mut conn).map_err(|e| e.to_string())?;
     let count = recovered.queued.len() + recovered.entries.len();
     let destinations = count_destinations(&recovered);
+    // Recovery holds metadata only; bodies are paged in as consumers reach them.
     log::info!("recovered {count} messages in {destinations} destinations");
 
     let (router_tx, router_rx) = crossbeam_channel::bounded(INBOX_DEPTH);
@@ -37,7 +38,13 @@ pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), String> {
     let on_failure = Box::new(move |e: StoreError| fail.fail(format!("store failure: {e}")));
     let writer = store::spawn_writer(conn, &recovered.durables, forward, on_failure)
         .map_err(|e| format!("could not start the store writer: {e}"))?;
-    let router = Router::new(writer.ops.clone(), config.max_redeliveries, recovered);
+    let pager_conn = store::connect(&config.datastore).map_err(|e| e.to_string())?;
+    let pager_tx = router_tx.clone();
+    let page_forward = Box::new(move |p| pager_tx.send(RouterMsg::PagedIn(p)).is_ok());
+    let (pages, pager_thread) = store::spawn_pager(pager_conn, page_forward)
+        .map_err(|e| format!("could not start the pager: {e}"))?;
+    let limits = (config.max_redeliveries, config.memory_limit);
+    let router = Router::new(writer.ops.clone(), pages, limits, recovered);
     let router_thread = router
         .spawn(router_rx)
         .map_err(|e| format!("could not start the router: {e}"))?;
@@ -63,6 +70,7 @@ pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), String> {
     let _ = router_tx.send(RouterMsg::Shutdown);
     drop(router_tx);
     let _ = router_thread.join();
+    let _ = pager_thread.join();
     drop(writer.ops);
     let _ = writer.thread.join();
     match shutdown.failure() {
@@ -72,11 +80,7 @@ pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), String> {
 }
 
 fn count_destinations(recovered: &store::Recovered) -> usize {
-    let mut names: Vec<&str> = recovered
-        .queued
-        .iter()
-        .map(|(m, _)| &*m.destination)
-        .collect();
+    let mut names: Vec<&str> = recovered.queued.iter().map(|(d, _, _)| &**d).collect();
     names.sort_unstable();
     names.dedup();
     names.len() + recovered.durables.len()

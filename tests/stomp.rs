@@ -419,3 +419,35 @@ fn heart_beats_both_ways() {
     assert!(error.header("message").unwrap().contains("heart-beat"));
     assert!(silent.recv_eof(TIMEOUT));
 }
+
+#[test]
+fn bodies_beyond_the_memory_limit_are_paged_from_the_store() {
+    // 16 KiB of bodies in memory: most of these 300 messages of 1 KiB wait in the store only.
+    let b = broker(&[("HAMQ_MEMORY_LIMIT", "16384")]);
+    let port = b.stomp_port();
+    let mut p = Client::connect(port);
+    let body = |i: usize| format!("{i:04}{}", "x".repeat(1020));
+    for i in 0..300 {
+        let prio = if i % 50 == 0 { "7" } else { "4" };
+        p.send_with_receipt("/queue/deep", body(i), &[("priority", prio)]);
+    }
+    let mut c = Client::connect(port);
+    c.subscribe(
+        "/queue/deep",
+        "s",
+        "client-individual",
+        &[("activemq.prefetchSize", "7")],
+    );
+    let mut got = Vec::new();
+    for _ in 0..300 {
+        let m = c.recv(TIMEOUT);
+        c.ack(m.header("ack").unwrap());
+        got.push(m.text());
+    }
+    let high: Vec<usize> = (0..300).filter(|i| i % 50 == 0).collect();
+    let normal = (0..300).filter(|i| i % 50 != 0);
+    let expected: Vec<String> = high.into_iter().chain(normal).map(body).collect();
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "paged messages out of order or altered");
+    assert!(c.try_recv(SHORT).is_none());
+}

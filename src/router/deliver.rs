@@ -3,12 +3,23 @@
 
 use super::{kind_of, target, InFlight, Router, Source, Sub};
 use crate::message::{dead_letter_queue, now_ms, Delivery, Kind, Message};
-use crate::queue::Entry;
+use crate::queue::{Entry, Slot};
 use crate::router::subscriptions::format_ack_id;
 use crate::router::AckMode;
 use crate::store::StoreOp;
 use std::collections::HashSet;
 use std::sync::Arc;
+
+/// What the front of a source looks like to dispatch.
+enum Front {
+    Empty,
+    Expired,
+    /// Its body is in the store: wait for the pager.
+    Paged,
+    Ready {
+        has_consumers: bool,
+    },
+}
 
 impl Router {
     /// Messages the store committed (or passed through), in commit order.
@@ -17,13 +28,9 @@ impl Router {
         for message in messages {
             match kind_of(&message.destination) {
                 Kind::Queue => {
+                    let name = message.destination.clone();
                     let entry = self.new_entry(message);
-                    let name = entry.message.destination.clone();
-                    self.queues
-                        .entry(name.clone())
-                        .or_default()
-                        .queue
-                        .push(entry);
+                    self.push_entry(&Source::Queue(name.clone()), entry);
                     touched.insert(name);
                 }
                 Kind::Topic => self.fan_out(message),
@@ -31,15 +38,6 @@ impl Router {
         }
         for name in touched {
             self.dispatch(&Source::Queue(name));
-        }
-    }
-
-    fn new_entry(&mut self, message: Arc<Message>) -> Entry {
-        Entry {
-            message,
-            seq: self.seq(),
-            redeliveries: 0,
-            redelivered: false,
         }
     }
 
@@ -53,8 +51,13 @@ impl Router {
             .cloned()
             .unwrap_or_default();
         for key in subscribers {
-            let entry = self.new_entry(message.clone());
             if self.has_room(key) {
+                let entry = Entry {
+                    slot: Slot::Resident(message.clone()),
+                    seq: self.seq(),
+                    redeliveries: 0,
+                    redelivered: false,
+                };
                 self.deliver(key, entry, Source::Topic);
             } else if let Some(sub) = self.subs.get(&key) {
                 log::warn!(
@@ -75,9 +78,7 @@ impl Router {
             .collect();
         for id in durables {
             let entry = self.new_entry(message.clone());
-            if let Some(d) = self.durables.get_mut(&id) {
-                d.queue.push(entry);
-            }
+            self.push_entry(&Source::Durable(id), entry);
             self.dispatch(&Source::Durable(id));
         }
     }
@@ -99,51 +100,46 @@ impl Router {
     pub(super) fn dispatch(&mut self, source: &Source) {
         self.blocked.remove(source);
         let now = now_ms();
+        self.request_page(source);
         loop {
-            let Some((front_expired, has_consumers)) = self.peek(source, now) else {
-                return;
-            };
-            if front_expired {
-                if let Some(entry) = self.pop(source) {
-                    self.expire(entry, source);
+            match self.front(source, now) {
+                Front::Empty | Front::Paged => return,
+                Front::Expired => {
+                    if let Some(entry) = self.pop_entry(source) {
+                        self.expire(entry, source);
+                    }
                 }
-                continue;
+                Front::Ready { has_consumers } => {
+                    let Some(key) = self.pick_consumer(source) else {
+                        if has_consumers {
+                            self.blocked.insert(source.clone());
+                        }
+                        return;
+                    };
+                    let Some(entry) = self.pop_entry(source) else {
+                        return;
+                    };
+                    self.deliver(key, entry, source.clone());
+                    self.request_page(source);
+                }
             }
-            let Some(key) = self.pick_consumer(source) else {
-                if has_consumers {
-                    self.blocked.insert(source.clone());
-                }
-                return;
-            };
-            let Some(entry) = self.pop(source) else {
-                return;
-            };
-            self.deliver(key, entry, source.clone());
         }
     }
 
-    /// (front message expired, source has consumers), or None when nothing is pending.
-    fn peek(&self, source: &Source, now: i64) -> Option<(bool, bool)> {
-        match source {
-            Source::Queue(name) => {
-                let dest = self.queues.get(name)?;
-                let front = dest.queue.front()?;
-                Some((front.message.is_expired(now), !dest.consumers.is_empty()))
-            }
-            Source::Durable(id) => {
-                let durable = self.durables.get(id)?;
-                let front = durable.queue.front()?;
-                Some((front.message.is_expired(now), durable.active.is_some()))
-            }
-            Source::Topic => None,
-        }
-    }
-
-    fn pop(&mut self, source: &Source) -> Option<Entry> {
-        match source {
-            Source::Queue(name) => self.queues.get_mut(name)?.queue.pop_front(),
-            Source::Durable(id) => self.durables.get_mut(id)?.queue.pop_front(),
-            Source::Topic => None,
+    fn front(&self, source: &Source, now: i64) -> Front {
+        let has_consumers = match source {
+            Source::Queue(name) => self
+                .queues
+                .get(name)
+                .is_some_and(|d| !d.consumers.is_empty()),
+            Source::Durable(id) => self.durables.get(id).is_some_and(|d| d.active.is_some()),
+            Source::Topic => false,
+        };
+        match self.queue(source).and_then(|q| q.front()) {
+            None => Front::Empty,
+            Some(entry) if entry.is_expired(now) => Front::Expired,
+            Some(entry) if entry.message().is_none() => Front::Paged,
+            Some(_) => Front::Ready { has_consumers },
         }
     }
 
@@ -155,7 +151,7 @@ impl Router {
                 let n = dest.consumers.len();
                 let start = dest.next;
                 let found = (0..n)
-                    .map(|i| (start + i) % n.max(1))
+                    .map(|i| (start + i) % n)
                     .find(|&i| self.has_room(dest.consumers[i]))?;
                 let key = dest.consumers[found];
                 if let Some(dest) = self.queues.get_mut(name) {
@@ -172,16 +168,16 @@ impl Router {
         }
     }
 
-    /// Hand `entry` to subscription `key`'s outbox. With auto ack it counts as acknowledged
-    /// (removed from the store) once handed over; otherwise it is in flight until ACK/NACK.
+    /// Hand a resident `entry` to subscription `key`'s outbox. With auto ack it counts as
+    /// acknowledged (removed from the store) once handed over; otherwise it is in flight.
     pub(super) fn deliver(&mut self, key: u64, entry: Entry, source: Source) {
-        let Some(sub) = self.subs.get_mut(&key) else {
-            return self.put_back(entry, &source);
+        let (Some(sub), Some(message)) = (self.subs.get_mut(&key), entry.message()) else {
+            return self.push_entry(&source, entry);
         };
         let delivery = Delivery {
-            message: entry.message.clone(),
+            message: message.clone(),
             subscription: sub.id.clone(),
-            ack: format_ack_id(key, &entry.message.message_id()),
+            ack: format_ack_id(key, &message.message_id()),
             redelivered: entry.redelivered,
             redeliveries: entry.redeliveries,
         };
@@ -190,10 +186,10 @@ impl Router {
             .get(&sub.conn)
             .is_some_and(|c| c.outbox.deliver(delivery));
         if !handed {
-            return self.put_back(entry, &source);
+            return self.push_entry(&source, entry);
         }
         if sub.ack == AckMode::Auto {
-            if let Some(t) = target(&entry.message, &source) {
+            if let Some(t) = target(entry.id(), &source) {
                 self.store_later(StoreOp::Commit {
                     sends: Vec::new(),
                     removals: vec![t],
@@ -202,24 +198,6 @@ impl Router {
             }
         } else {
             sub.inflight.push_back(InFlight { entry, source });
-        }
-    }
-
-    /// Return an undelivered entry to where it came from, unchanged.
-    fn put_back(&mut self, entry: Entry, source: &Source) {
-        match source {
-            Source::Queue(name) => self
-                .queues
-                .entry(name.clone())
-                .or_default()
-                .queue
-                .push(entry),
-            Source::Durable(id) => {
-                if let Some(d) = self.durables.get_mut(id) {
-                    d.queue.push(entry);
-                }
-            }
-            Source::Topic => {}
         }
     }
 
@@ -234,18 +212,20 @@ impl Router {
         if flight.entry.redeliveries > self.max_redeliveries {
             return self.dead_letter(flight);
         }
-        if let Some(t) = target(&flight.entry.message, &flight.source) {
+        if let Some(t) = target(flight.entry.id(), &flight.source) {
             self.store_later(StoreOp::Redelivered {
                 target: t,
                 count: flight.entry.redeliveries,
             });
         }
-        self.put_back(flight.entry, &flight.source);
+        self.push_entry(&flight.source, flight.entry);
         self.blocked.insert(flight.source);
     }
 
     fn dead_letter(&mut self, flight: InFlight) {
-        let message = flight.entry.message;
+        let Some(message) = flight.entry.message().cloned() else {
+            return;
+        };
         let dlq = dead_letter_queue(&message.destination);
         log::warn!(
             "message {} of {} moved to {dlq} after {} deliveries",
@@ -253,7 +233,7 @@ impl Router {
             message.destination,
             flight.entry.redeliveries
         );
-        match target(&message, &flight.source) {
+        match target(message.id, &flight.source) {
             Some(t) => self.store_later(StoreOp::DeadLetter {
                 target: t,
                 message,
@@ -274,12 +254,8 @@ impl Router {
     }
 
     fn expire(&mut self, entry: Entry, source: &Source) {
-        log::debug!(
-            "message {} of {} expired",
-            entry.message.message_id(),
-            entry.message.destination
-        );
-        if let Some(t) = target(&entry.message, source) {
+        log::debug!("message {} expired", entry.id());
+        if let Some(t) = target(entry.id(), source) {
             self.store_later(StoreOp::Commit {
                 sends: Vec::new(),
                 removals: vec![t],
@@ -310,6 +286,7 @@ impl Router {
             }
         }
         for (entry, source) in expired {
+            self.resident -= entry.resident_bytes();
             self.expire(entry, &source);
         }
     }

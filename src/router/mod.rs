@@ -11,15 +11,17 @@
 //! writes (auto-ack removals, redelivery counts, dead-lettering) wait in `store_backlog` and are
 //! handed over with `try_send` (the writer may be blocked forwarding to us: blocking here could
 //! deadlock). The backlog grows only with deliveries and acks, which the windows bound.
-//! Submodules: `deliver` (dispatch, redelivery, dead letters), `subscriptions` (subscribe, ack).
+//! Submodules: `deliver` (dispatch, redelivery, dead letters), `subscriptions` (subscribe, ack),
+//! `paging` (bounded memory: which bodies stay in memory, loading the others).
 
 mod deliver;
+mod paging;
 mod subscriptions;
 
-use crate::message::{Kind, Message, NON_PERSISTENT_BIT};
+use crate::message::{Kind, NON_PERSISTENT_BIT};
 use crate::outbox::Outbox;
-use crate::queue::{Entry, Queue};
-use crate::store::{Committed, DurableRow, Recovered, StoreOp, Target};
+use crate::queue::{Entry, Queue, Slot};
+use crate::store::{Committed, DurableRow, PageRequest, Paged, Recovered, StoreOp, Target};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -70,6 +72,8 @@ pub enum RouterMsg {
         conn: ConnId,
     },
     Committed(Committed),
+    /// Bodies the pager loaded.
+    PagedIn(Paged<Source>),
     Shutdown,
 }
 
@@ -85,9 +89,9 @@ pub enum Reply {
     Refused(String),
 }
 
-/// Where a delivered entry came from, and so where it returns when not acknowledged.
+/// Where an entry waits (and a delivered one returns when not acknowledged).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Source {
+pub enum Source {
     Queue(Arc<str>),
     Durable(u64),
     /// A non-durable topic subscription: nothing to return to.
@@ -146,6 +150,12 @@ pub struct Router {
     blocked: HashSet<Source>,
     store: Sender<StoreOp>,
     store_backlog: VecDeque<StoreOp>,
+    pager: Sender<PageRequest<Source>>,
+    /// Sources with a page request out.
+    paging: HashSet<Source>,
+    /// Bytes of messages held by pending resident entries, against `memory_limit`.
+    resident: usize,
+    memory_limit: usize,
     max_redeliveries: u32,
     next_seq: u64,
     next_sub: u64,
@@ -158,7 +168,13 @@ const SWEEP: Duration = Duration::from_secs(1);
 
 impl Router {
     /// Build the state from what the store recovered, in the store's order.
-    pub fn new(store: Sender<StoreOp>, max_redeliveries: u32, recovered: Recovered) -> Router {
+    pub fn new(
+        store: Sender<StoreOp>,
+        pager: Sender<PageRequest<Source>>,
+        limits: (u32, usize),
+        recovered: Recovered,
+    ) -> Router {
+        let (max_redeliveries, memory_limit) = limits;
         let mut router = Router {
             conns: HashMap::new(),
             subs: HashMap::new(),
@@ -169,20 +185,23 @@ impl Router {
             blocked: HashSet::new(),
             store,
             store_backlog: VecDeque::new(),
+            pager,
+            paging: HashSet::new(),
+            resident: 0,
+            memory_limit,
             max_redeliveries,
             next_seq: 1,
             next_sub: 1,
         };
-        for (message, redeliveries) in recovered.queued {
-            let entry = router.recovered_entry(Arc::new(message), redeliveries);
-            let name = entry.message.destination.clone();
+        for (name, meta, redeliveries) in recovered.queued {
+            let entry = router.recovered_entry(meta, redeliveries);
             router.queues.entry(name).or_default().queue.push(entry);
         }
         for row in recovered.durables {
             router.add_durable(row);
         }
-        for (durable, message, redeliveries) in recovered.entries {
-            let entry = router.recovered_entry(message, redeliveries);
+        for (durable, meta, redeliveries) in recovered.entries {
+            let entry = router.recovered_entry(meta, redeliveries);
             if let Some(d) = router.durables.get_mut(&durable) {
                 d.queue.push(entry);
             }
@@ -190,10 +209,11 @@ impl Router {
         router
     }
 
-    /// Everything recovered may have been delivered before the restart: say so.
-    fn recovered_entry(&mut self, message: Arc<Message>, count: u32) -> Entry {
+    /// Recovered entries start paged out. Everything recovered may have been delivered before
+    /// the restart: say so.
+    fn recovered_entry(&mut self, meta: crate::queue::PagedMeta, count: u32) -> Entry {
         Entry {
-            message,
+            slot: Slot::Paged(meta),
             seq: self.seq(),
             redeliveries: count,
             redelivered: true,
@@ -291,6 +311,7 @@ impl Router {
             RouterMsg::Disconnected { conn } => self.disconnected(conn),
             RouterMsg::Committed(Committed::Messages(messages)) => self.route(messages),
             RouterMsg::Committed(Committed::Durable(row)) => self.add_durable(row),
+            RouterMsg::PagedIn(paged) => self.paged_in(paged),
             RouterMsg::Shutdown => {}
         }
     }
@@ -307,8 +328,14 @@ impl Router {
         if let Some(existing) = self.durables.get_mut(&row.id) {
             if existing.row.topic != row.topic {
                 // Re-pointed to another topic: the store dropped what it held.
-                existing.queue.drain();
+                let dropped: usize = existing
+                    .queue
+                    .drain()
+                    .iter()
+                    .map(Entry::resident_bytes)
+                    .sum();
                 existing.row = row;
+                self.resident -= dropped;
             }
             return;
         }
@@ -358,8 +385,7 @@ impl Conn {
 }
 
 /// What the store must remove when this entry is acknowledged; None when nothing was stored.
-fn target(message: &Message, source: &Source) -> Option<Target> {
-    let id = message.id;
+fn target(id: u64, source: &Source) -> Option<Target> {
     if id & NON_PERSISTENT_BIT != 0 {
         return None;
     }

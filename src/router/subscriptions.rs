@@ -146,7 +146,15 @@ impl Router {
             ));
         }
         self.durable_names.remove(&name);
-        self.durables.remove(&durable_id);
+        if let Some(mut durable) = self.durables.remove(&durable_id) {
+            let dropped: usize = durable
+                .queue
+                .drain()
+                .iter()
+                .map(|e| e.resident_bytes())
+                .sum();
+            self.resident -= dropped;
+        }
         self.blocked.remove(&Source::Durable(durable_id));
         Reply::DurableRemoved(durable_id)
     }
@@ -187,7 +195,7 @@ impl Router {
         keys.into_iter()
             .find_map(|k| {
                 let sub = self.subs.get(&k)?;
-                let pos = sub.inflight.iter().position(|f| f.entry.message.id == id)?;
+                let pos = sub.inflight.iter().position(|f| f.entry.id() == id)?;
                 Some((k, pos))
             })
             .ok_or_else(|| format!("message `{text}` is not awaiting acknowledgement here"))
@@ -225,7 +233,7 @@ impl Router {
         } else {
             let removals = taken
                 .iter()
-                .filter_map(|f| target(&f.entry.message, &f.source))
+                .filter_map(|f| target(f.entry.id(), &f.source))
                 .collect();
             Reply::Removals(removals)
         };
@@ -248,7 +256,7 @@ impl Router {
         if commit {
             let removals = held
                 .iter()
-                .filter_map(|f| target(&f.entry.message, &f.source))
+                .filter_map(|f| target(f.entry.id(), &f.source))
                 .collect();
             return Reply::Removals(removals);
         }

@@ -1,4 +1,5 @@
-//! All SQL: connecting, the schema, recovery, and the group-commit writer (`writer`).
+//! All SQL: connecting, the schema, recovery, the group-commit writer (`writer`) and the
+//! body pager (`pager`).
 //!
 //! `connect`, `prepare` and `recover` run on the server thread before any client is served; the
 //! writer runs on its own thread. Nothing here knows sessions or the router: results leave through
@@ -6,12 +7,15 @@
 //! Every write transaction goes through `writer::Writer::commit_batch`, the one place where the
 //! fencing check of master/slave will go.
 
+mod pager;
 mod schema;
 mod writer;
 
+pub use pager::{spawn_pager, PageForward, PageRequest, Paged};
 pub use writer::{spawn_writer, WriterHandle};
 
 use crate::message::Message;
+use crate::queue::PagedMeta;
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder};
 use std::fmt;
@@ -72,14 +76,14 @@ pub struct DurableRow {
     pub topic: String,
 }
 
-/// A message recovered from the store, with its redelivery count (for a queue, or per durable
-/// subscription entry).
+/// What the store holds, as metadata (bodies are paged in later), in the order it was sent.
 #[derive(Debug)]
 pub struct Recovered {
-    pub queued: Vec<(Message, u32)>,
+    /// (queue, message, redeliveries), ordered by message id.
+    pub queued: Vec<(Arc<str>, PagedMeta, u32)>,
     pub durables: Vec<DurableRow>,
     /// (durable id, message, redeliveries), ordered by message id.
-    pub entries: Vec<(u64, Arc<Message>, u32)>,
+    pub entries: Vec<(u64, PagedMeta, u32)>,
 }
 
 /// Errors at the store boundary.

@@ -4,6 +4,7 @@
 
 use super::{column, decode_headers, DurableRow, Recovered, StoreError};
 use crate::message::Message;
+use crate::queue::PagedMeta;
 use mysql::prelude::Queryable;
 use mysql::{Conn, Row};
 use std::collections::HashMap;
@@ -110,16 +111,27 @@ fn check_engines(conn: &mut Conn) -> Result<(), StoreError> {
 const MESSAGE_COLUMNS: &str = "m.id, m.destination, m.priority, m.expires, m.timestamp, \
      m.original_destination, m.headers, m.body";
 
+/// Metadata columns: enough to order, expire and size an entry without its body.
+const META_COLUMNS: &str = "m.id, m.priority, m.expires, LENGTH(m.headers) + LENGTH(m.body) + 128";
+
+/// Recovery reads metadata only: bodies are paged in when consumers reach them, so a deep
+/// backlog costs a few dozen bytes per message and the new master serves sooner.
 pub(super) fn recover(conn: &mut Conn) -> Result<Recovered, StoreError> {
     let query = format!(
-        "SELECT {MESSAGE_COLUMNS}, m.redeliveries FROM hamq_messages m
+        "SELECT {META_COLUMNS}, m.redeliveries, m.destination FROM hamq_messages m
          WHERE m.destination LIKE '/queue/%' ORDER BY m.id"
     );
     let mut queued = Vec::new();
+    // One Arc per destination name however many messages it has.
+    let mut names: HashMap<String, Arc<str>> = HashMap::new();
     for row in conn.query_iter(query)? {
         let row = row?;
-        let redeliveries = column::<u32>(&row, 8)?;
-        queued.push((message_from_row(&row)?, redeliveries));
+        let name: String = column(&row, 5)?;
+        let name = names
+            .entry(name)
+            .or_insert_with_key(|n| Arc::from(n.as_str()))
+            .clone();
+        queued.push((name, meta_from_row(&row)?, column::<u32>(&row, 4)?));
     }
     let rows: Vec<Row> =
         conn.query("SELECT id, client_id, name, topic FROM hamq_durable_subs ORDER BY id")?;
@@ -135,26 +147,53 @@ pub(super) fn recover(conn: &mut Conn) -> Result<Recovered, StoreError> {
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     let query = format!(
-        "SELECT {MESSAGE_COLUMNS}, e.sub_id, e.redeliveries FROM hamq_durable_entries e
+        "SELECT {META_COLUMNS}, e.redeliveries, e.sub_id FROM hamq_durable_entries e
          JOIN hamq_messages m ON m.id = e.msg_id ORDER BY m.id, e.sub_id"
     );
     let mut entries = Vec::new();
-    // One Arc per message however many subscriptions hold it.
-    let mut shared: HashMap<u64, Arc<Message>> = HashMap::new();
     for row in conn.query_iter(query)? {
         let row = row?;
-        let message = message_from_row(&row)?;
-        let message = shared
-            .entry(message.id)
-            .or_insert_with(|| Arc::new(message))
-            .clone();
-        entries.push((column::<u64>(&row, 8)?, message, column::<u32>(&row, 9)?));
+        entries.push((
+            column::<u64>(&row, 5)?,
+            meta_from_row(&row)?,
+            column::<u32>(&row, 4)?,
+        ));
     }
     Ok(Recovered {
         queued,
         durables,
         entries,
     })
+}
+
+fn meta_from_row(row: &Row) -> Result<PagedMeta, StoreError> {
+    Ok(PagedMeta {
+        id: column(row, 0)?,
+        priority: column(row, 1)?,
+        expires: column(row, 2)?,
+        weight: column::<u64>(row, 3)? as usize,
+    })
+}
+
+/// Whole messages by id (the pager's query). Ids not found were removed meanwhile.
+pub(super) fn load_messages(
+    conn: &mut Conn,
+    ids: &[u64],
+) -> Result<HashMap<u64, Arc<Message>>, StoreError> {
+    let mut found = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        // Numbers we formatted ourselves, never client text.
+        let list: Vec<String> = chunk.iter().map(u64::to_string).collect();
+        let query = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM hamq_messages m WHERE m.id IN ({})",
+            list.join(",")
+        );
+        for row in conn.query_iter(query)? {
+            let message = message_from_row(&row?)?;
+            found.insert(message.id, Arc::new(message));
+        }
+    }
+    Ok(found)
 }
 
 fn message_from_row(row: &Row) -> Result<Message, StoreError> {
