@@ -33,6 +33,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Bytes of message bodies held in memory; beyond it bodies stay in the store until needed.
     pub memory_limit: usize,
+    /// How long the database waits on a silent connection before dropping it (and the lock
+    /// with it): the longest a frozen or cut-off master can keep the lock.
+    pub lease: Duration,
 }
 
 /// A configuration problem: which key, where it was set, and what is wrong.
@@ -74,6 +77,7 @@ const KEYS: &[&str] = &[
     "heartbeat_receive_ms",
     "connect_timeout_ms",
     "memory_limit",
+    "lease",
 ];
 
 impl Default for Config {
@@ -94,6 +98,7 @@ impl Default for Config {
             heartbeat_receive: Duration::from_millis(30_000),
             connect_timeout: Duration::from_millis(30_000),
             memory_limit: 64 * 1024 * 1024,
+            lease: Duration::from_secs(10),
         }
     }
 }
@@ -107,6 +112,17 @@ fn default_name() -> String {
 }
 
 impl Config {
+    /// How often the master uses each of its database connections: a tenth of the lease.
+    pub fn keepalive(&self) -> Duration {
+        (self.lease / 10).max(Duration::from_millis(100))
+    }
+
+    /// Bound on every socket call of the store's connections: well inside the lease, so a
+    /// stalled database is noticed before a slave may take over.
+    pub fn store_io_timeout(&self) -> Duration {
+        (self.lease / 2).max(Duration::from_secs(1))
+    }
+
     /// Parse the file's text (`path` only names it in errors), then apply `env` overrides
     /// (pairs of variable name and value, usually `std::env::vars()`).
     pub fn parse(
@@ -181,6 +197,7 @@ impl Config {
                 self.connect_timeout = Duration::from_millis(positive(value).map_err(bad)? as u64)
             }
             "memory_limit" => self.memory_limit = positive(value).map_err(bad)?,
+            "lease" => self.lease = lease(value).map_err(bad)?,
             _ => {
                 return Err(bad(format!(
                     "unknown key; known keys are: {}",
@@ -239,6 +256,14 @@ fn millis(value: &str) -> Result<Duration, String> {
     number::<u64>(value).map(Duration::from_millis)
 }
 
+/// Whole seconds (the database's `wait_timeout` has no finer unit), at least 2.
+fn lease(value: &str) -> Result<Duration, String> {
+    match number::<u64>(value)? {
+        n if n < 2 => Err("must be at least 2 (seconds)".to_string()),
+        n => Ok(Duration::from_secs(n)),
+    }
+}
+
 fn users(value: &str) -> Result<Vec<(String, String)>, String> {
     value
         .split_whitespace()
@@ -288,6 +313,7 @@ mod tests {
             ("default_persistent = maybe", "default_persistent"),
             ("stomp_listen = nowhere", "stomp_listen"),
             ("users = guest", "users"),
+            ("lease = 1", "lease"),
             ("no equals sign", "no equals sign"),
         ];
         for (line, key) in cases {

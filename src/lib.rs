@@ -1,7 +1,8 @@
 //! hamq: a small, fast, highly available STOMP broker over a shared MySQL/MariaDB store.
 //!
 //! # Layout
-//! Arrows point one way: `server` -> `session` -> (`router`, `store`) -> `queue` -> `message`;
+//! Arrows point one way: `server` -> (`election`, `session`) -> (`router`, `store`) -> `queue` ->
+//! `message`;
 //! `codec` knows nothing but bytes.
 //!
 //! - `config`: the `key = value` file, `HAMQ_<KEY>` overrides, validation with key and line.
@@ -10,15 +11,18 @@
 //! - `message`: a message as the broker holds it, destinations, ids and the MESSAGE frame.
 //! - `queue`: one destination's pending messages in priority/arrival order.
 //! - `router`: the single routing thread: destinations, subscriptions, in-flight deliveries.
-//! - `store`: all SQL: schema, recovery, the group-commit writer thread, body paging.
+//! - `store`: all SQL: lock and fencing epoch, schema, recovery, the group-commit writer thread,
+//!   body paging.
 //! - `outbox`: a connection's bounded outgoing queue: delivery window, control credits.
 //! - `session`: one client connection: its reader thread (parse, execute) and writer thread.
 //! - `shutdown`: the stop signal every loop checks; wakes the accept loop.
+//! - `election`: the election thread: waits for the master lock as a slave, keeps it as master.
 //! - `server`: process life: store connect, recovery, listener, accept loop, shutdown.
 
 pub mod codec;
 pub mod command;
 pub mod config;
+pub mod election;
 pub mod message;
 pub mod outbox;
 pub mod queue;

@@ -1,14 +1,19 @@
-//! Process life: connect to the store (retrying), prepare and recover, start the store writer and
-//! the router, bind the STOMP listener, accept connections (one reader thread each, which starts
-//! its writer), and shut down in order: listener, connections, router, store writer.
+//! Process life: win the election (or wait as a slave with no client port open), take over
+//! (commit the epoch bump, create the schema, recover), start the store writer, pager and router,
+//! bind the STOMP listener, accept connections (one reader thread each, which starts its
+//! writer), and shut down in order: listener, connections, router, pager, store writer, and only
+//! then release the lock.
 //!
 //! Runs on the main thread. Owns the threads it starts and joins every one of them.
 
 use crate::config::Config;
+use crate::election::{self, Election};
+use crate::message::now_ms;
 use crate::router::{Router, RouterMsg, INBOX_DEPTH};
 use crate::session::{self, Context};
 use crate::shutdown::Shutdown;
-use crate::store::{self, Committed, StoreError};
+use crate::store::{self, lock, Committed, Fence, StoreError};
+use crossbeam_channel::RecvTimeoutError;
 use mysql::Conn;
 use std::collections::HashMap;
 use std::net::{Shutdown as Both, TcpListener, TcpStream};
@@ -19,29 +24,67 @@ use std::time::Duration;
 /// Open connections, so shutdown can cut them; each session removes itself when it ends.
 type Registry = Arc<Mutex<HashMap<u64, TcpStream>>>;
 
-/// Run the broker until `shutdown` is set. Err(reason) when it stopped because of a failure.
+/// Run the broker until `shutdown` is set. Err(reason) when it stopped because of a failure
+/// (lost the lock, store failure): the process then exits non-zero.
 pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), String> {
-    let Some(mut conn) = connect_with_retry(&config, &shutdown) else {
-        return Ok(());
-    };
+    let config = Arc::new(config);
+    let election = election::spawn(config.clone(), shutdown.clone())
+        .map_err(|e| format!("could not start the election thread: {e}"))?;
+    if wait_for_lock(&election, &shutdown) {
+        if let Err(why) = serve(&config, &shutdown) {
+            shutdown.fail(why);
+        }
+    }
+    // Everything written: only now may a slave take over.
+    let _ = election.release.send(());
+    let _ = election.thread.join();
+    match shutdown.failure() {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
+}
+
+/// True once this broker holds the lock; false when it stops first (a slave stops at once).
+fn wait_for_lock(election: &Election, shutdown: &Shutdown) -> bool {
+    loop {
+        match election.won.recv_timeout(Duration::from_millis(50)) {
+            Ok(()) => return true,
+            Err(RecvTimeoutError::Timeout) if !shutdown.is_stopping() => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Master: take over and serve until shutdown.
+fn serve(config: &Arc<Config>, shutdown: &Arc<Shutdown>) -> Result<(), String> {
+    let mut conn = store_conn(config).map_err(|e| e.to_string())?;
+    let epoch = lock::take_over(&mut conn, &config.name, now_ms()).map_err(|e| e.to_string())?;
+    log::info!("acquired the lock (epoch {epoch})");
     store::prepare(&mut conn).map_err(|e| e.to_string())?;
     let recovered = store::recover(&mut conn).map_err(|e| e.to_string())?;
     let count = recovered.queued.len() + recovered.entries.len();
-    let destinations = count_destinations(&recovered);
     // Recovery holds metadata only; bodies are paged in as consumers reach them.
-    log::info!("recovered {count} messages in {destinations} destinations");
+    log::info!(
+        "recovered {count} messages in {} destinations",
+        count_destinations(&recovered)
+    );
 
     let (router_tx, router_rx) = crossbeam_channel::bounded(INBOX_DEPTH);
     let forward_tx = router_tx.clone();
     let forward = Box::new(move |c: Committed| forward_tx.send(RouterMsg::Committed(c)).is_ok());
     let fail = shutdown.clone();
     let on_failure = Box::new(move |e: StoreError| fail.fail(format!("store failure: {e}")));
-    let writer = store::spawn_writer(conn, &recovered.durables, forward, on_failure)
+    let fence = Fence {
+        epoch,
+        keepalive: config.keepalive(),
+    };
+    let writer = store::spawn_writer(conn, fence, &recovered.durables, forward, on_failure)
         .map_err(|e| format!("could not start the store writer: {e}"))?;
-    let pager_conn = store::connect(&config.datastore).map_err(|e| e.to_string())?;
+    let pager_config = config.clone();
+    let connector: store::Connector = Box::new(move || store_conn(&pager_config));
     let pager_tx = router_tx.clone();
     let page_forward = Box::new(move |p| pager_tx.send(RouterMsg::PagedIn(p)).is_ok());
-    let (pages, pager_thread) = store::spawn_pager(pager_conn, page_forward)
+    let (pages, pager_thread) = store::spawn_pager(connector, config.keepalive(), page_forward)
         .map_err(|e| format!("could not start the pager: {e}"))?;
     let limits = (config.max_redeliveries, config.memory_limit);
     let router = Router::new(writer.ops.clone(), pages, limits, recovered);
@@ -49,18 +92,17 @@ pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), String> {
         .spawn(router_rx)
         .map_err(|e| format!("could not start the router: {e}"))?;
 
-    let listener = TcpListener::bind(config.stomp_listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.stomp_listen));
     let ctx = Context {
-        config: Arc::new(config),
+        config: config.clone(),
         router: router_tx.clone(),
         store: writer.ops.clone(),
         shutdown: shutdown.clone(),
     };
-    let sessions = match listener {
+    let sessions = match TcpListener::bind(config.stomp_listen) {
         Ok(listener) => accept_loop(listener, ctx),
         Err(e) => {
-            shutdown.fail(e);
+            shutdown.fail(format!("cannot listen on {}: {e}", config.stomp_listen));
+            drop(ctx);
             Vec::new()
         }
     };
@@ -73,10 +115,17 @@ pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), String> {
     let _ = pager_thread.join();
     drop(writer.ops);
     let _ = writer.thread.join();
-    match shutdown.failure() {
-        Some(why) => Err(why),
-        None => Ok(()),
-    }
+    Ok(())
+}
+
+/// A store connection with the lease's session settings and bounded calls.
+fn store_conn(config: &Config) -> Result<Conn, StoreError> {
+    store::connect(
+        &config.datastore,
+        config.lease,
+        config.store_io_timeout(),
+        config.lease,
+    )
 }
 
 fn count_destinations(recovered: &store::Recovered) -> usize {
@@ -84,37 +133,6 @@ fn count_destinations(recovered: &store::Recovered) -> usize {
     names.sort_unstable();
     names.dedup();
     names.len() + recovered.durables.len()
-}
-
-/// An unreachable datastore is not fatal: log it and retry with capped backoff.
-fn connect_with_retry(config: &Config, shutdown: &Shutdown) -> Option<Conn> {
-    let mut delay = Duration::from_millis(250);
-    while !shutdown.is_stopping() {
-        match store::connect(&config.datastore).and_then(|mut c| {
-            let description = store::server_description(&mut c)?;
-            Ok((c, description))
-        }) {
-            Ok((conn, description)) => {
-                log::info!("datastore connected: {description} (engine InnoDB)");
-                return Some(conn);
-            }
-            Err(e) => {
-                log::warn!("{e}; retrying in {} ms", delay.as_millis());
-                sleep_unless_stopping(delay, shutdown);
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-    None
-}
-
-fn sleep_unless_stopping(total: Duration, shutdown: &Shutdown) {
-    let step = Duration::from_millis(50);
-    let mut slept = Duration::ZERO;
-    while slept < total && !shutdown.is_stopping() {
-        std::thread::sleep(step);
-        slept += step;
-    }
 }
 
 /// Accept until shutdown, then cut every open connection; returns the session threads to join.
@@ -140,7 +158,11 @@ fn accept_loop(listener: TcpListener, ctx: Context) -> Vec<JoinHandle<()>> {
         }
         threads.retain(|t| !t.is_finished());
     }
-    log::info!("shutting down: listener closed, closing connections");
+    let why = ctx
+        .shutdown
+        .failure()
+        .unwrap_or_else(|| "asked to stop".to_string());
+    log::info!("shutting down ({why}): listener closed, closing connections");
     drop(listener);
     if let Ok(open) = registry.lock() {
         for stream in open.values() {

@@ -39,6 +39,15 @@ impl Shutdown {
         self.begin();
     }
 
+    /// Sleep up to `total`, waking early when the stop begins.
+    pub fn sleep(&self, total: Duration) {
+        let step = Duration::from_millis(20);
+        let deadline = std::time::Instant::now() + total;
+        while !self.is_stopping() && std::time::Instant::now() < deadline {
+            std::thread::sleep(step);
+        }
+    }
+
     pub fn failure(&self) -> Option<String> {
         self.failure.lock().ok().and_then(|f| f.clone())
     }

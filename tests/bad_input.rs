@@ -230,7 +230,7 @@ fn unreachable_database_is_retried_and_logged() {
     let url = format!("mysql://hamq:hamq@127.0.0.1:{dead_port}/hamq");
     let mut b = Broker::spawn_with_name("unreachable", &url, &[]);
     b.wait_for_log("datastore unreachable", TIMEOUT);
-    b.wait_for_log("retrying in 500 ms", TIMEOUT);
+    b.wait_for_log("retrying in 200 ms", TIMEOUT);
     assert!(
         b.wait_exit(Duration::from_millis(100)).is_none(),
         "gave up instead of retrying"

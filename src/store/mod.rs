@@ -7,12 +7,13 @@
 //! Every write transaction goes through `writer::Writer::commit_batch`, the one place where the
 //! fencing check of master/slave will go.
 
+pub mod lock;
 mod pager;
 mod schema;
 mod writer;
 
-pub use pager::{spawn_pager, PageForward, PageRequest, Paged};
-pub use writer::{spawn_writer, WriterHandle};
+pub use pager::{spawn_pager, Connector, PageForward, PageRequest, Paged};
+pub use writer::{spawn_writer, Fence, WriterHandle};
 
 use crate::message::Message;
 use crate::queue::PagedMeta;
@@ -97,6 +98,8 @@ pub enum StoreError {
     Unfit(String),
     /// The writer thread is gone (shutdown or a previous failure).
     Stopped,
+    /// Another broker took over: the epoch moved on from ours. Nothing may be written.
+    Deposed { ours: u64, current: u64 },
 }
 
 impl fmt::Display for StoreError {
@@ -106,6 +109,10 @@ impl fmt::Display for StoreError {
             StoreError::Sql(e) => write!(f, "datastore error: {e}"),
             StoreError::Unfit(e) => write!(f, "datastore not usable: {e}"),
             StoreError::Stopped => write!(f, "store writer stopped"),
+            StoreError::Deposed { ours, current } => write!(
+                f,
+                "deposed: the datastore's epoch is {current}, ours was {ours}"
+            ),
         }
     }
 }
@@ -122,17 +129,31 @@ impl From<mysql::Error> for StoreError {
     }
 }
 
-/// Bound on every socket call to the database, so no thread waits on it for ever.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Open one connection with bounded socket calls. Logs nothing: callers say what it was for.
-pub fn connect(url: &str) -> Result<Conn, StoreError> {
+/// Open one connection with bounded socket calls and the session settings of the lease:
+/// `wait_timeout = lease`, so the server drops a connection that goes silent (a frozen or cut-off
+/// master) and with it any lock it held; the owner keeps it busy at shorter intervals.
+/// `io_timeout` bounds every socket read and write; `lock_wait` bounds InnoDB lock waits.
+/// Logs nothing: callers say what it was for.
+pub fn connect(
+    url: &str,
+    lease: Duration,
+    io_timeout: Duration,
+    lock_wait: Duration,
+) -> Result<Conn, StoreError> {
     let opts = Opts::from_url(url).map_err(|e| StoreError::Unfit(e.to_string()))?;
+    let init = vec![
+        format!("SET SESSION wait_timeout = {}", lease.as_secs().max(1)),
+        format!(
+            "SET SESSION innodb_lock_wait_timeout = {}",
+            lock_wait.as_secs().max(1)
+        ),
+    ];
     let opts = OptsBuilder::from_opts(opts)
         .tcp_connect_timeout(Some(Duration::from_secs(5)))
-        .read_timeout(Some(IO_TIMEOUT))
-        .write_timeout(Some(IO_TIMEOUT))
-        .stmt_cache_size(Some(64));
+        .read_timeout(Some(io_timeout))
+        .write_timeout(Some(io_timeout))
+        .stmt_cache_size(Some(64))
+        .init(init);
     Ok(Conn::new(opts)?)
 }
 

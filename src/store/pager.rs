@@ -4,15 +4,18 @@
 //! entries near the front of a queue; the pager reads them in one query and forwards them, with
 //! the router's own key for the queue, through the forwarding function (a blocking send into the
 //! router's inbox, which the router always drains). Reads only: it never writes, so it needs no
-//! fencing. Exits when the router drops its request sender.
+//! fencing. When idle it pings every `keepalive` (the lease must not drop its connection); after
+//! an error it reconnects before the next request. Exits when the router drops its sender.
 
 use super::{schema::load_messages, StoreError};
 use crate::message::Message;
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use mysql::prelude::Queryable;
 use mysql::Conn;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// Page requests waiting for the pager before the router's `try_send` finds it full.
 const DEPTH: usize = 64;
@@ -32,16 +35,39 @@ pub struct Paged<K> {
 
 pub type PageForward<K> = Box<dyn FnMut(Paged<K>) -> bool + Send>;
 
+/// Opens a connection for the pager (again after a failure).
+pub type Connector = Box<dyn Fn() -> Result<Conn, StoreError> + Send>;
+
 pub fn spawn_pager<K: Send + 'static>(
-    mut conn: Conn,
+    connect: Connector,
+    keepalive: Duration,
     mut forward: PageForward<K>,
 ) -> std::io::Result<(Sender<PageRequest<K>>, JoinHandle<()>)> {
     let (tx, rx) = bounded::<PageRequest<K>>(DEPTH);
     let thread = std::thread::Builder::new()
         .name("store-pager".to_string())
         .spawn(move || {
-            for request in rx.iter() {
-                let messages = load_messages(&mut conn, &request.ids);
+            let mut conn: Option<Conn> = None;
+            loop {
+                let request = match rx.recv_timeout(keepalive) {
+                    Ok(request) => request,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if let Some(c) = conn.as_mut() {
+                            if c.query_drop("DO 1").is_err() {
+                                conn = None;
+                            }
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                };
+                let messages = match conn.as_mut() {
+                    Some(c) => load_messages(c, &request.ids),
+                    None => connect().and_then(|c| load_messages(conn.insert(c), &request.ids)),
+                };
+                if messages.is_err() {
+                    conn = None;
+                }
                 let paged = Paged {
                     key: request.key,
                     ids: request.ids,

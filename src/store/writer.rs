@@ -7,13 +7,17 @@
 //! every waiting `Done` gets the error, and `on_failure` stops the broker (its supervisor restarts
 //! it and recovery reloads the store). It exits once every sender is dropped and the queue drained.
 
-use super::{column, encode_headers, Committed, Done, DurableRow, StoreError, StoreOp, Target};
+use super::{
+    column, encode_headers, lock, Committed, Done, DurableRow, StoreError, StoreOp, Target,
+};
 use crate::message::{Message, NON_PERSISTENT_BIT};
+use crossbeam_channel::RecvTimeoutError;
 use mysql::prelude::Queryable;
 use mysql::{Conn, Transaction, TxOpts};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// How many operations one transaction takes at most.
 const MAX_BATCH: usize = 512;
@@ -29,9 +33,19 @@ pub struct WriterHandle {
 /// Forwards committed work to the router; false when the router is gone.
 pub type Forward = Box<dyn FnMut(Committed) -> bool + Send>;
 
+/// What the writer is fenced by.
+#[derive(Clone, Copy, Debug)]
+pub struct Fence {
+    /// The epoch this master committed when it took over.
+    pub epoch: u64,
+    /// Longest idle time before an empty fenced transaction.
+    pub keepalive: Duration,
+}
+
 /// Start the writer on `conn`; `durables` are the recovered subscriptions.
 pub fn spawn_writer(
     conn: Conn,
+    fence: Fence,
     durables: &[DurableRow],
     forward: Forward,
     on_failure: Box<dyn FnOnce(StoreError) + Send>,
@@ -39,6 +53,7 @@ pub fn spawn_writer(
     let (ops, rx) = crossbeam_channel::bounded(QUEUE_DEPTH);
     let mut writer = Writer {
         conn,
+        fence,
         durable_topics: durables.iter().map(|d| (d.id, d.topic.clone())).collect(),
         next_transient: 1,
     };
@@ -50,6 +65,7 @@ pub fn spawn_writer(
 
 struct Writer {
     conn: Conn,
+    fence: Fence,
     /// Durable subscription id -> topic, to know which topic messages need rows at all.
     durable_topics: HashMap<u64, String>,
     /// Counter for the ids of messages that are not stored.
@@ -72,9 +88,16 @@ impl Writer {
         mut forward: Forward,
         on_failure: Box<dyn FnOnce(StoreError) + Send>,
     ) {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+        loop {
+            let batch = match rx.recv_timeout(self.fence.keepalive) {
+                Ok(first) => {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+                    batch
+                }
+                Err(RecvTimeoutError::Timeout) => Vec::new(),
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
             match self.commit_batch(batch) {
                 Ok(outcome) => {
                     for committed in outcome.committed {
@@ -100,19 +123,23 @@ impl Writer {
     /// THE place every write transaction goes through.
     fn commit_batch(&mut self, batch: Vec<StoreOp>) -> Result<Outcome, (StoreError, Vec<Done>)> {
         let mut outcome = Outcome::default();
-        let mut dones_on_error = Vec::new();
-        let result = self.apply_all(batch, &mut outcome);
-        if let Err(error) = result {
-            dones_on_error.append(&mut outcome.dones);
-            return Err((error, dones_on_error));
+        match self.apply_all(batch, &mut outcome) {
+            Ok(()) => Ok(outcome),
+            Err(error) => Err((error, outcome.dones)),
         }
-        Ok(outcome)
     }
 
     fn apply_all(&mut self, batch: Vec<StoreOp>, out: &mut Outcome) -> Result<(), StoreError> {
         let durable_topics = &mut self.durable_topics;
         let next_transient = &mut self.next_transient;
         let mut tx = self.conn.start_transaction(TxOpts::default())?;
+        if let Err(e) = lock::check_epoch(&mut tx, self.fence.epoch) {
+            let _ = tx.rollback();
+            for op in batch {
+                collect_done(op, out);
+            }
+            return Err(e);
+        }
         let mut failure = None;
         for op in batch {
             if failure.is_some() {

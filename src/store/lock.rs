@@ -1,0 +1,140 @@
+//! The election lock's SQL, on the election thread's own plain connection (never pooled: a pool
+//! would roll the transaction back when the connection is returned).
+//!
+//! The lock is the row `hamq_lock.id = 1`, held by `SELECT ... FOR UPDATE` inside a transaction
+//! that stays open for as long as the broker is master: `Held` borrows the connection for exactly
+//! that scope and `release` ends it with a rollback. If the connection dies (kill -9, a frozen
+//! host whose session passes `wait_timeout`, a network cut, a database restart) the server rolls
+//! the transaction back and the lock passes to a waiting slave. The fencing epoch lives in
+//! `hamq_epoch`; the new master bumps it on another connection while holding the lock.
+
+use super::{column, StoreError};
+use mysql::prelude::Queryable;
+use mysql::{Conn, Row, Transaction, TxOpts};
+
+/// MySQL's "Lock wait timeout exceeded": someone else holds the lock.
+const LOCK_WAIT_TIMEOUT: u16 = 1205;
+
+const BOOTSTRAP: &[(&str, &str)] = &[
+    (
+        "hamq_lock",
+        "CREATE TABLE IF NOT EXISTS hamq_lock (id TINYINT UNSIGNED NOT NULL PRIMARY KEY) ENGINE=InnoDB",
+    ),
+    (
+        "hamq_epoch",
+        "CREATE TABLE IF NOT EXISTS hamq_epoch (
+            id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+            epoch BIGINT UNSIGNED NOT NULL,
+            holder VARCHAR(255) NOT NULL,
+            since BIGINT NOT NULL
+        ) ENGINE=InnoDB",
+    ),
+];
+
+/// Create the lock and epoch tables and rows the very first time. It only reads when they exist
+/// (a slave never runs DDL against a live master's tables: DDL would wait behind its lock).
+pub fn bootstrap(conn: &mut Conn) -> Result<(), StoreError> {
+    for (table, create) in BOOTSTRAP {
+        let row: Option<Row> = conn.exec_first(
+            "SELECT COUNT(*) FROM information_schema.TABLES
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+            (table,),
+        )?;
+        let exists = row.map(|r| column::<u64>(&r, 0)).transpose()?.unwrap_or(0) > 0;
+        if !exists {
+            conn.query_drop(create)?;
+            log::info!("created table {table}");
+        }
+    }
+    let rows: Option<Row> = conn.query_first(
+        "SELECT (SELECT COUNT(*) FROM hamq_lock WHERE id = 1) + \
+         (SELECT COUNT(*) FROM hamq_epoch WHERE id = 1)",
+    )?;
+    let rows = rows.map(|r| column::<u64>(&r, 0)).transpose()?.unwrap_or(0);
+    if rows < 2 {
+        conn.query_drop("INSERT IGNORE INTO hamq_lock (id) VALUES (1)")?;
+        conn.query_drop(
+            "INSERT IGNORE INTO hamq_epoch (id, epoch, holder, since) VALUES (1, 0, '', 0)",
+        )?;
+    }
+    Ok(())
+}
+
+/// Who was master last, and its epoch (a plain read; never waits).
+pub fn holder(conn: &mut Conn) -> Result<(String, u64), StoreError> {
+    let row: Option<Row> = conn.query_first("SELECT holder, epoch FROM hamq_epoch WHERE id = 1")?;
+    match row {
+        Some(row) => Ok((column(&row, 0)?, column(&row, 1)?)),
+        None => Ok((String::new(), 0)),
+    }
+}
+
+/// The lock, held for the lifetime of this value.
+pub struct Held<'a> {
+    tx: Transaction<'a>,
+}
+
+/// Try for the lock, waiting up to the session's `innodb_lock_wait_timeout`; when won, run
+/// `master` with it (the whole time as master is that call). `Ok(None)`: another broker holds it.
+pub fn with_lock<T>(
+    conn: &mut Conn,
+    master: impl FnOnce(Held<'_>) -> T,
+) -> Result<Option<T>, StoreError> {
+    let mut tx = conn.start_transaction(TxOpts::default())?;
+    match tx.query_drop("SELECT id FROM hamq_lock WHERE id = 1 FOR UPDATE") {
+        Ok(()) => Ok(Some(master(Held { tx }))),
+        Err(mysql::Error::MySqlError(e)) if e.code == LOCK_WAIT_TIMEOUT => {
+            // Explicit rollback: Drop would swallow its error.
+            let _ = tx.rollback();
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Held<'_> {
+    /// Use the connection (so `wait_timeout` never fires) and prove it still works; the
+    /// connection's read timeout bounds how long this may take.
+    pub fn keepalive(&mut self) -> Result<(), StoreError> {
+        self.tx.query_drop("DO 1")?;
+        Ok(())
+    }
+
+    /// Give the lock up at once: a waiting slave gets it the moment this returns.
+    pub fn release(self) -> Result<(), StoreError> {
+        self.tx.rollback()?;
+        Ok(())
+    }
+}
+
+/// The new master's committed epoch bump (run on a store connection while the lock is held).
+pub fn take_over(conn: &mut Conn, name: &str, now_ms: i64) -> Result<u64, StoreError> {
+    let mut tx = conn.start_transaction(TxOpts::default())?;
+    tx.exec_drop(
+        "UPDATE hamq_epoch SET epoch = epoch + 1, holder = ?, since = ? WHERE id = 1",
+        (name, now_ms),
+    )?;
+    let row: Option<Row> = tx.query_first("SELECT epoch FROM hamq_epoch WHERE id = 1")?;
+    let epoch = match row {
+        Some(row) => column::<u64>(&row, 0)?,
+        None => return Err(StoreError::Unfit("hamq_epoch has no row".to_string())),
+    };
+    tx.commit()?;
+    Ok(epoch)
+}
+
+/// The fencing check every write transaction makes first. The shared lock makes a new master's
+/// epoch bump wait for this transaction to end, so a deposed master's last commit is ordered
+/// before the takeover (and recovered by the new master) or fails here.
+pub fn check_epoch(tx: &mut Transaction<'_>, ours: u64) -> Result<(), StoreError> {
+    let row: Option<Row> =
+        tx.query_first("SELECT epoch FROM hamq_epoch WHERE id = 1 LOCK IN SHARE MODE")?;
+    let current = match row {
+        Some(row) => column::<u64>(&row, 0)?,
+        None => 0,
+    };
+    if current != ours {
+        return Err(StoreError::Deposed { ours, current });
+    }
+    Ok(())
+}
