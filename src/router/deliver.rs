@@ -181,12 +181,16 @@ impl Router {
             redelivered: entry.redelivered,
             redeliveries: entry.redeliveries,
         };
+        let conn = sub.conn;
         let handed = self
             .conns
-            .get(&sub.conn)
+            .get(&conn)
             .is_some_and(|c| c.outbox.deliver(delivery));
         if !handed {
-            return self.push_entry(&source, entry);
+            // Its writer is gone (the reader's `Disconnected` is on its way): stop routing to it
+            // now, or dispatch would pick the same consumer for ever.
+            self.push_entry(&source, entry);
+            return self.disconnected(conn);
         }
         if sub.ack == AckMode::Auto {
             if let Some(t) = target(entry.id(), &source) {
