@@ -135,25 +135,20 @@ fn hold(
             Ok(()) | Err(RecvTimeoutError::Disconnected) => {
                 match held.release() {
                     Ok(()) => log::info!("released the lock"),
-                    Err(e) => log::warn!("releasing the lock: {e} (the server drops it anyway)"),
+                    // Already gone with its connection (the reason was logged when we stopped).
+                    Err(e) => log::debug!("releasing the lock: {e}"),
                 }
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {
                 let started = Instant::now();
                 if let Err(e) = held.keepalive() {
-                    let why = format!("lost the lock: keep-alive failed: {e}");
-                    log::error!("{why}");
-                    return shutdown.fail(why);
+                    return shutdown.fail(format!("lost the lock: keep-alive failed: {e}"));
                 }
                 let took = started.elapsed();
                 if took > config.lease / 4 {
-                    let why = format!(
-                        "lost the lock: keep-alive stalled for {} ms",
-                        took.as_millis()
-                    );
-                    log::error!("{why}");
-                    return shutdown.fail(why);
+                    let ms = took.as_millis();
+                    return shutdown.fail(format!("lost the lock: keep-alive stalled for {ms} ms"));
                 }
             }
         }

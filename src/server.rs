@@ -73,7 +73,16 @@ fn serve(config: &Arc<Config>, shutdown: &Arc<Shutdown>) -> Result<(), String> {
     let forward_tx = router_tx.clone();
     let forward = Box::new(move |c: Committed| forward_tx.send(RouterMsg::Committed(c)).is_ok());
     let fail = shutdown.clone();
-    let on_failure = Box::new(move |e: StoreError| fail.fail(format!("store failure: {e}")));
+    let on_failure = Box::new(move |e: StoreError| {
+        // A broken connection or a moved epoch means the lock may be someone else's now.
+        let why = match e {
+            StoreError::Unreachable(_) | StoreError::Deposed { .. } => {
+                format!("lost the lock: {e}")
+            }
+            _ => format!("store failure: {e}"),
+        };
+        fail.fail(why)
+    });
     let fence = Fence {
         epoch,
         keepalive: config.keepalive(),

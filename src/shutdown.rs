@@ -31,10 +31,13 @@ impl Shutdown {
         }
     }
 
-    /// Stop because something broke; the reason is logged and the exit code is 1.
+    /// Stop because something broke; the first reason is logged and the exit code is 1.
     pub fn fail(&self, why: String) {
         if let Ok(mut failure) = self.failure.lock() {
-            failure.get_or_insert(why);
+            if failure.is_none() {
+                log::error!("{why}");
+                *failure = Some(why);
+            }
         }
         self.begin();
     }

@@ -259,6 +259,76 @@ impl Client {
         self.send_frame_with_receipt("DISCONNECT", &[], b"");
     }
 
+    /// CONNECT to 127.0.0.1:`port` as guest/guest (1.2) without panicking: `None` unless
+    /// CONNECTED arrives within `timeout` (refused, no answer, ERROR). For failover tests.
+    pub fn try_connect(port: u16, timeout: Duration) -> Option<Client> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+        stream.set_nodelay(true).ok()?;
+        let mut client = Client {
+            stream,
+            buf: Vec::new(),
+            pending: VecDeque::new(),
+            receipts: 0,
+        };
+        let connect = b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0";
+        client.stream.write_all(connect).ok()?;
+        match client.read_frame(Instant::now() + timeout) {
+            Ok(frame) if frame.command == "CONNECTED" => Some(client),
+            _ => None,
+        }
+    }
+
+    /// Like [`Client::send_frame_with_receipt`] but never panics: `Err` says what went wrong
+    /// (write failed, ERROR, closed, timed out). For failover tests.
+    pub fn try_with_receipt(
+        &mut self,
+        command: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Frame, String> {
+        self.receipts += 1;
+        let id = format!("rcpt-{}", self.receipts);
+        let mut all = headers.to_vec();
+        all.push(("receipt", &id));
+        let mut out = format!("{command}\n").into_bytes();
+        for (k, v) in &all {
+            out.extend_from_slice(
+                format!("{}:{}\n", escape_header(k), escape_header(v)).as_bytes(),
+            );
+        }
+        out.extend_from_slice(format!("content-length:{}\n\n", body.len()).as_bytes());
+        out.extend_from_slice(body);
+        out.push(0);
+        self.stream
+            .write_all(&out)
+            .map_err(|e| format!("write: {e}"))?;
+        let deadline = Instant::now() + timeout;
+        let mut other = Vec::new();
+        let result = loop {
+            match self.read_frame(deadline) {
+                Ok(f) if f.command == "RECEIPT" && f.header("receipt-id") == Some(id.as_str()) => {
+                    break Ok(f)
+                }
+                Ok(f) if f.command == "ERROR" => break Err(format!("ERROR {f:?}")),
+                Ok(f) => other.push(f),
+                Err(end) => break Err(end.to_string()),
+            }
+        };
+        self.pending.extend(other);
+        result
+    }
+
+    /// The next frame without panicking: `Ok(None)` on timeout, `Err` when the broker closed.
+    pub fn try_next(&mut self, timeout: Duration) -> Result<Option<Frame>, String> {
+        match self.read_frame(Instant::now() + timeout) {
+            Ok(frame) => Ok(Some(frame)),
+            Err(ReadEnd::Timeout) => Ok(None),
+            Err(ReadEnd::Eof) => Err("the broker closed the connection".to_string()),
+        }
+    }
+
     /// The socket, e.g. to shut it down half-way.
     pub fn stream(&self) -> &TcpStream {
         &self.stream

@@ -24,6 +24,7 @@ mod process;
 pub use broker::Broker;
 pub use client::{Client, Frame, TIMEOUT};
 pub use mariadb::{shared_mariadb, MariaDb};
+pub use process::free_port;
 
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
