@@ -3,7 +3,7 @@
 //! Pure functions over `codec::Frame`, called by the session reader; no I/O, no state.
 
 use crate::codec::{Frame, Version};
-use crate::message::{parse_destination, Kind, BROKER_HEADERS};
+use crate::message::{parse_destination, Kind, BROKER_HEADERS, MAX_NAME};
 use crate::router::{AckMode, AckRef};
 
 /// Every frame a client may send, with its validated headers.
@@ -113,6 +113,12 @@ fn connect(frame: &Frame) -> Result<Connect, String> {
                 offered.join(",")
             )
         })?;
+    if frame
+        .header("client-id")
+        .is_some_and(|c| c.len() > MAX_NAME)
+    {
+        return Err(format!("client-id is longer than {MAX_NAME} bytes"));
+    }
     let heart_beat = match frame.header("heart-beat") {
         None => (0, 0),
         Some(value) => parse_heart_beat(value)?,
@@ -212,6 +218,11 @@ fn subscribe(frame: &Frame, version: Version) -> Result<Subscribe, String> {
     let durable_name = frame
         .header("activemq.subscriptionName")
         .map(str::to_string);
+    if durable_name.as_ref().is_some_and(|n| n.len() > MAX_NAME) {
+        return Err(format!(
+            "activemq.subscriptionName is longer than {MAX_NAME} bytes"
+        ));
+    }
     if durable_name.is_some() && kind != Kind::Topic {
         return Err(
             "activemq.subscriptionName (a durable subscription) needs a /topic/".to_string(),

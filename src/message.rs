@@ -11,8 +11,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// auto-increment ids of persistent ones.
 pub const NON_PERSISTENT_BIT: u64 = 1 << 62;
 
-/// Longest destination name the store's column takes.
-pub const MAX_DESTINATION: usize = 255;
+/// Longest destination a client may name: the store's column takes 255 bytes, and its
+/// dead-letter queue (`/topic/x` -> `/queue/DLQ.x`) is up to 4 bytes longer.
+pub const MAX_DESTINATION: usize = 251;
+
+/// Longest client-id or durable subscription name (the store's column).
+pub const MAX_NAME: usize = 255;
 
 /// The two kinds of destination STOMP clients know from ActiveMQ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,8 +50,12 @@ pub fn parse_destination(value: &str) -> Result<Kind, String> {
     Ok(kind)
 }
 
-/// The dead-letter queue for messages of `destination`: `/queue/DLQ.<name>`.
+/// The dead-letter queue for messages of `destination`: `/queue/DLQ.<name>`. A dead-letter
+/// queue is its own: a message failing there stays there (no `DLQ.DLQ.` chains).
 pub fn dead_letter_queue(destination: &str) -> String {
+    if destination.starts_with("/queue/DLQ.") {
+        return destination.to_string();
+    }
     let name = destination
         .strip_prefix("/queue/")
         .or_else(|| destination.strip_prefix("/topic/"))
@@ -196,6 +204,10 @@ mod tests {
         assert!(parse_destination(&format!("/queue/{}", "x".repeat(300))).is_err());
         assert_eq!(dead_letter_queue("/queue/a"), "/queue/DLQ.a");
         assert_eq!(dead_letter_queue("/topic/t"), "/queue/DLQ.t");
+        assert_eq!(dead_letter_queue("/queue/DLQ.a"), "/queue/DLQ.a");
+        let longest = format!("/topic/{}", "x".repeat(MAX_DESTINATION - 7));
+        assert!(parse_destination(&longest).is_ok());
+        assert_eq!(dead_letter_queue(&longest).len(), 255);
     }
 
     #[test]

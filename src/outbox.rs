@@ -16,7 +16,7 @@ use crate::codec::Frame;
 use crate::message::Delivery;
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender, TrySendError};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +43,8 @@ pub struct Outbox {
     tx: Sender<Outgoing>,
     credits: Sender<()>,
     queued_bytes: Arc<AtomicUsize>,
+    /// MESSAGE frames the writer has written to the socket so far.
+    written: Arc<AtomicU64>,
     socket: Arc<TcpStream>,
 }
 
@@ -51,6 +53,7 @@ pub struct Inbox {
     pub rx: Receiver<Outgoing>,
     credits: Receiver<()>,
     queued_bytes: Arc<AtomicUsize>,
+    written: Arc<AtomicU64>,
 }
 
 /// A new outbox for `socket` (a clone of the connection's stream, used only to shut it down).
@@ -58,16 +61,19 @@ pub fn outbox(socket: TcpStream) -> (Outbox, Inbox) {
     let (tx, rx) = bounded(MESSAGE_WINDOW + CONTROL_CREDITS + 1);
     let (credits, credits_rx) = bounded(CONTROL_CREDITS);
     let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let written = Arc::new(AtomicU64::new(0));
     let outbox = Outbox {
         tx,
         credits,
         queued_bytes: queued_bytes.clone(),
+        written: written.clone(),
         socket: Arc::new(socket),
     };
     let inbox = Inbox {
         rx,
         credits: credits_rx,
         queued_bytes,
+        written,
     };
     (outbox, inbox)
 }
@@ -116,6 +122,12 @@ impl Outbox {
         }
     }
 
+    /// How many MESSAGE frames reached the socket. Deliveries are written in the order they
+    /// were queued, so the n-th delivery queued was written iff this is at least n.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::SeqCst)
+    }
+
     /// Ask the writer to flush and close after what is queued.
     pub fn close(&self) {
         let _ = self.tx.try_send(Outgoing::Close);
@@ -136,5 +148,6 @@ impl Inbox {
     /// The writer wrote a MESSAGE of `body_len` bytes.
     pub fn written_message(&self, body_len: usize) {
         self.queued_bytes.fetch_sub(body_len, Ordering::Relaxed);
+        self.written.fetch_add(1, Ordering::SeqCst);
     }
 }

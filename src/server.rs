@@ -160,7 +160,15 @@ fn accept_loop(listener: TcpListener, ctx: Context) -> Vec<JoinHandle<()>> {
         if ctx.shutdown.is_stopping() {
             break;
         }
-        let Ok(stream) = stream else { continue };
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning on the error.
+                log::warn!("accept failed: {e}");
+                ctx.shutdown.sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
         next_id += 1;
         if let Some(thread) = start_session(next_id, stream, &ctx, &registry) {
             threads.push(thread);

@@ -241,3 +241,55 @@ fn unreachable_database_is_retried_and_logged() {
         .expect("did not stop on SIGTERM while retrying");
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn overlong_names_are_refused_without_touching_the_store() {
+    let url = shared_mariadb().create_database();
+    let b = Broker::start(&url, &[]);
+    let port = b.stomp_port();
+    let long = "x".repeat(300);
+    let (mut c, reply) = Client::connect_with(
+        port,
+        &[
+            ("accept-version", "1.2"),
+            ("login", "guest"),
+            ("passcode", "guest"),
+            ("client-id", &long),
+        ],
+    );
+    assert_eq!(reply.command, "ERROR");
+    assert!(reply.header("message").unwrap().contains("client-id"));
+    assert!(c.recv_eof(TIMEOUT));
+    expect_error(
+        port,
+        true,
+        format!("SUBSCRIBE\nid:1\ndestination:/topic/t\nactivemq.subscriptionName:{long}\n\n\0")
+            .as_bytes(),
+        "subscriptionName",
+    );
+    expect_error(
+        port,
+        true,
+        format!("SEND\ndestination:/queue/{}\n\nx\0", "q".repeat(250)).as_bytes(),
+        "limit is 251",
+    );
+    still_serves(port, "/queue/after-long-names");
+}
+
+#[test]
+fn heart_beats_alone_do_not_stand_in_for_connect() {
+    let url = shared_mariadb().create_database();
+    let b = Broker::start(&url, LIMITS);
+    let mut c = Client::raw(b.stomp_port());
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if c.stream().write_all(b"\n").is_err() {
+            break;
+        }
+        if let Some(error) = c.try_recv(Duration::from_millis(100)) {
+            assert!(error.header("message").unwrap().contains("no CONNECT"));
+            return;
+        }
+    }
+    panic!("a socket sending only EOLs was kept open past the CONNECT timeout");
+}

@@ -451,3 +451,72 @@ fn bodies_beyond_the_memory_limit_are_paged_from_the_store() {
     assert!(got == expected, "paged messages out of order or altered");
     assert!(c.try_recv(SHORT).is_none());
 }
+
+#[test]
+fn topic_subscriber_with_a_small_prefetch_gets_everything_as_it_acks() {
+    let b = broker(&[]);
+    let port = b.stomp_port();
+    let mut c = Client::connect(port);
+    c.subscribe_with_receipt(
+        "/topic/slowack",
+        "s",
+        "client-individual",
+        &[("activemq.prefetchSize", "1")],
+    );
+    let mut p = Client::connect(port);
+    for i in 0..20 {
+        p.send_with_receipt("/topic/slowack", format!("{i}"), &[]);
+    }
+    for i in 0..20 {
+        let m = c.recv(TIMEOUT);
+        assert_eq!(m.text(), i.to_string());
+        assert!(
+            c.try_recv(Duration::from_millis(20)).is_none(),
+            "prefetch 1 exceeded"
+        );
+        c.ack(m.header("ack").unwrap());
+    }
+}
+
+#[test]
+fn durable_subscription_can_be_re_pointed_to_another_topic() {
+    let b = broker(&[]);
+    let port = b.stomp_port();
+    let login = [
+        ("accept-version", "1.2"),
+        ("login", "guest"),
+        ("passcode", "guest"),
+        ("client-id", "rp"),
+    ];
+    let durable = [("activemq.subscriptionName", "d")];
+    let (mut c, _) = Client::connect_with(port, &login);
+    c.subscribe_with_receipt("/topic/a", "s", "auto", &durable);
+    c.disconnect();
+    let mut p = Client::connect(port);
+    p.send_with_receipt("/topic/a", "old", &[]);
+    let (mut c, _) = Client::connect_with(port, &login);
+    c.subscribe_with_receipt("/topic/b", "s", "auto", &durable);
+    // A second active subscriber of the same durable subscription is refused.
+    let (mut twin, _) = Client::connect_with(port, &login);
+    twin.send_frame(
+        "SUBSCRIBE",
+        &[
+            ("destination", "/topic/b"),
+            ("id", "x"),
+            ("activemq.subscriptionName", "d"),
+        ],
+        b"",
+    );
+    let error = twin.recv(TIMEOUT);
+    assert!(
+        error.header("message").unwrap().contains("already active"),
+        "{error:?}"
+    );
+    p.send_with_receipt("/topic/a", "ignored", &[]);
+    p.send_with_receipt("/topic/b", "new", &[]);
+    assert_eq!(c.recv(TIMEOUT).text(), "new");
+    assert!(
+        c.try_recv(SHORT).is_none(),
+        "messages of the old topic arrived"
+    );
+}

@@ -3,7 +3,7 @@
 
 use super::{kind_of, target, InFlight, Router, Source, Sub};
 use crate::message::{dead_letter_queue, now_ms, Delivery, Kind, Message};
-use crate::queue::{Entry, Slot};
+use crate::queue::Entry;
 use crate::router::subscriptions::format_ack_id;
 use crate::router::AckMode;
 use crate::store::StoreOp;
@@ -41,34 +41,19 @@ impl Router {
         }
     }
 
-    /// A topic message goes to every current subscriber and into every durable subscription.
-    /// A non-durable subscriber without room is a slow consumer: it is disconnected rather than
-    /// letting the broker buffer for it without bound (it may reconnect and carry on).
+    /// A topic message goes to every current subscriber (through its bounded backlog, see
+    /// `topics`) and into every durable subscription.
     fn fan_out(&mut self, message: Arc<Message>) {
-        let subscribers = self
-            .topics
-            .get(&message.destination)
-            .cloned()
-            .unwrap_or_default();
+        let subscribers = if message.is_expired(now_ms()) {
+            Vec::new()
+        } else {
+            self.topics
+                .get(&message.destination)
+                .cloned()
+                .unwrap_or_default()
+        };
         for key in subscribers {
-            if self.has_room(key) {
-                let entry = Entry {
-                    slot: Slot::Resident(message.clone()),
-                    seq: self.seq(),
-                    redeliveries: 0,
-                    redelivered: false,
-                };
-                self.deliver(key, entry, Source::Topic);
-            } else if let Some(sub) = self.subs.get(&key) {
-                log::warn!(
-                    "slow consumer: subscription {} on {} has no room; closing its connection",
-                    sub.id,
-                    message.destination
-                );
-                if let Some(conn) = self.conns.get(&sub.conn) {
-                    conn.outbox.close_now();
-                }
-            }
+            self.offer(key, message.clone());
         }
         let durables: Vec<u64> = self
             .durables
@@ -182,16 +167,19 @@ impl Router {
             redeliveries: entry.redeliveries,
         };
         let conn = sub.conn;
-        let handed = self
-            .conns
-            .get(&conn)
-            .is_some_and(|c| c.outbox.deliver(delivery));
-        if !handed {
+        let handed = match self.conns.get_mut(&conn) {
+            Some(c) if c.outbox.deliver(delivery) => {
+                c.handed += 1;
+                Some(c.handed)
+            }
+            _ => None,
+        };
+        let Some(handed) = handed else {
             // Its writer is gone (the reader's `Disconnected` is on its way): stop routing to it
             // now, or dispatch would pick the same consumer for ever.
             self.push_entry(&source, entry);
             return self.disconnected(conn);
-        }
+        };
         if sub.ack == AckMode::Auto {
             if let Some(t) = target(entry.id(), &source) {
                 self.store_later(StoreOp::Commit {
@@ -201,14 +189,24 @@ impl Router {
                 });
             }
         } else {
-            sub.inflight.push_back(InFlight { entry, source });
+            sub.inflight.push_back(InFlight {
+                entry,
+                source,
+                handed,
+            });
         }
     }
 
     /// Delivered but not acknowledged (NACK, ABORT, consumer gone): count it, then redeliver it
-    /// or, past `max_redeliveries`, move it to the dead-letter queue.
-    pub(super) fn redeliver(&mut self, mut flight: InFlight) {
+    /// or, past `max_redeliveries`, move it to the dead-letter queue. One the client never got
+    /// (`seen` false: still in the outbox when the connection went) just goes back.
+    pub(super) fn redeliver(&mut self, mut flight: InFlight, seen: bool) {
         if flight.source == Source::Topic {
+            return;
+        }
+        if !seen {
+            self.push_entry(&flight.source, flight.entry);
+            self.blocked.insert(flight.source);
             return;
         }
         flight.entry.redeliveries += 1;
@@ -231,6 +229,10 @@ impl Router {
             return;
         };
         let dlq = dead_letter_queue(&message.destination);
+        if *dlq == *message.destination {
+            // Failing in its dead-letter queue: it stays there for whoever reads that queue.
+            return self.push_entry(&flight.source, flight.entry);
+        }
         log::warn!(
             "message {} of {} moved to {dlq} after {} deliveries",
             message.message_id(),
@@ -273,6 +275,10 @@ impl Router {
         for source in blocked {
             self.dispatch(&source);
         }
+        let subs: Vec<u64> = self.blocked_subs.drain().collect();
+        for key in subs {
+            self.feed(key);
+        }
     }
 
     /// Remove expired messages that wait where no one consumes.
@@ -295,8 +301,9 @@ impl Router {
         }
     }
 
-    /// Detach subscription `key` from its source and put its in-flight messages back.
-    pub(super) fn remove_sub(&mut self, key: u64) -> Option<Sub> {
+    /// Detach subscription `key` from its source and put its in-flight messages back; `written`
+    /// is the connection's `Outbox::written` (what the client can have seen).
+    pub(super) fn remove_sub(&mut self, key: u64, written: u64) -> Option<Sub> {
         let mut sub = self.subs.remove(&key)?;
         match &sub.source {
             Source::Queue(name) => {
@@ -318,8 +325,10 @@ impl Router {
                 }
             }
         }
+        self.blocked_subs.remove(&key);
         for flight in std::mem::take(&mut sub.inflight) {
-            self.redeliver(flight);
+            let seen = flight.handed <= written;
+            self.redeliver(flight, seen);
         }
         Some(sub)
     }

@@ -12,13 +12,15 @@
 //! handed over with `try_send` (the writer may be blocked forwarding to us: blocking here could
 //! deadlock). The backlog grows only with deliveries and acks, which the windows bound.
 //! Submodules: `deliver` (dispatch, redelivery, dead letters), `subscriptions` (subscribe, ack),
-//! `paging` (bounded memory: which bodies stay in memory, loading the others).
+//! `paging` (bounded memory: which bodies stay in memory, loading the others), `topics`
+//! (non-durable topic subscribers' bounded backlogs).
 
 mod deliver;
 mod paging;
 mod subscriptions;
+mod topics;
 
-use crate::message::{Kind, NON_PERSISTENT_BIT};
+use crate::message::{Kind, Message, NON_PERSISTENT_BIT};
 use crate::outbox::Outbox;
 use crate::queue::{Entry, Queue, Slot};
 use crate::store::{Committed, DurableRow, PageRequest, Paged, Recovered, StoreOp, Target};
@@ -47,6 +49,12 @@ pub enum RouterMsg {
     Subscribe {
         conn: ConnId,
         request: SubscribeRequest,
+    },
+    /// Would `Subscribe` be refused? Asked before a durable subscription touches the store.
+    CheckSubscribe {
+        conn: ConnId,
+        id: String,
+        durable: (String, String),
     },
     /// Remove subscription `id`; with `durable` also delete that durable subscription.
     Unsubscribe {
@@ -101,6 +109,9 @@ pub enum Source {
 struct InFlight {
     entry: Entry,
     source: Source,
+    /// Its number among the deliveries handed to the connection's outbox (see
+    /// `Outbox::written`): a delivery never written is put back without counting.
+    handed: u64,
 }
 
 struct Sub {
@@ -113,6 +124,9 @@ struct Sub {
     prefetch: usize,
     /// Delivered and not yet acknowledged, in delivery order (client acks are cumulative).
     inflight: VecDeque<InFlight>,
+    /// Non-durable topic subscriptions: messages waiting for room (see `topics`).
+    backlog: VecDeque<Arc<Message>>,
+    backlog_bytes: usize,
 }
 
 struct Conn {
@@ -122,6 +136,8 @@ struct Conn {
     subs: HashMap<String, u64>,
     /// Acks inside open transactions, per transaction id.
     held: HashMap<String, Vec<InFlight>>,
+    /// Deliveries handed to the outbox so far.
+    handed: u64,
 }
 
 #[derive(Default)]
@@ -148,6 +164,8 @@ pub struct Router {
     durable_names: HashMap<(String, String), u64>,
     /// Sources that have pending messages and a consumer whose outbox was full.
     blocked: HashSet<Source>,
+    /// Topic subscriptions with a backlog waiting for room.
+    blocked_subs: HashSet<u64>,
     store: Sender<StoreOp>,
     store_backlog: VecDeque<StoreOp>,
     pager: Sender<PageRequest<Source>>,
@@ -183,6 +201,7 @@ impl Router {
             durables: HashMap::new(),
             durable_names: HashMap::new(),
             blocked: HashSet::new(),
+            blocked_subs: HashSet::new(),
             store,
             store_backlog: VecDeque::new(),
             pager,
@@ -236,7 +255,8 @@ impl Router {
     fn run(&mut self, rx: Receiver<RouterMsg>) {
         let mut last_sweep = Instant::now();
         loop {
-            let wait = if self.blocked.is_empty() && self.store_backlog.is_empty() {
+            let idle = self.blocked.is_empty() && self.blocked_subs.is_empty();
+            let wait = if idle && self.store_backlog.is_empty() {
                 SWEEP
             } else {
                 RETRY
@@ -265,10 +285,12 @@ impl Router {
         self.finish();
     }
 
-    /// At shutdown the store writer is draining, so a blocking hand-over is safe here.
+    /// At shutdown the store writer is draining; each hand-over is still bounded, since the
+    /// writer may itself be blocked forwarding to this (no longer read) inbox.
     fn finish(&mut self) {
         for op in self.store_backlog.drain(..) {
-            if self.store.send(op).is_err() {
+            if self.store.send_timeout(op, Duration::from_secs(1)).is_err() {
+                log::warn!("store writes of the router dropped at shutdown");
                 break;
             }
         }
@@ -285,6 +307,13 @@ impl Router {
             }
             RouterMsg::Subscribe { conn, request } => {
                 let reply = self.subscribe(conn, request);
+                self.reply(conn, reply);
+            }
+            RouterMsg::CheckSubscribe { conn, id, durable } => {
+                let reply = match self.refusal(conn, &id, Some(&durable)) {
+                    Some(problem) => Reply::Refused(problem),
+                    None => Reply::Done,
+                };
                 self.reply(conn, reply);
             }
             RouterMsg::Unsubscribe { conn, id, durable } => {
@@ -380,6 +409,7 @@ impl Conn {
             reply,
             subs: HashMap::new(),
             held: HashMap::new(),
+            handed: 0,
         }
     }
 }

@@ -52,15 +52,35 @@ fn parse_ack_id(text: &str) -> Option<(u64, u64)> {
 }
 
 impl Router {
-    pub(super) fn subscribe(&mut self, conn: ConnId, request: SubscribeRequest) -> Reply {
+    /// Why a SUBSCRIBE with this id (and durable name) would be refused, if it would.
+    pub(super) fn refusal(
+        &self,
+        conn: ConnId,
+        id: &str,
+        durable: Option<&(String, String)>,
+    ) -> Option<String> {
         let Some(c) = self.conns.get(&conn) else {
-            return Reply::Refused("not connected".to_string());
+            return Some("not connected".to_string());
         };
-        if c.subs.contains_key(&request.id) {
-            return Reply::Refused(format!(
-                "subscription id `{}` is already in use on this connection",
-                request.id
+        if c.subs.contains_key(id) {
+            return Some(format!(
+                "subscription id `{id}` is already in use on this connection"
             ));
+        }
+        let (client_id, name) = durable?;
+        let active = self
+            .durable_names
+            .get(&(client_id.clone(), name.clone()))
+            .and_then(|d| self.durables.get(d))
+            .is_some_and(|d| d.active.is_some());
+        active.then(|| {
+            format!("durable subscription `{name}` of client `{client_id}` is already active")
+        })
+    }
+
+    pub(super) fn subscribe(&mut self, conn: ConnId, request: SubscribeRequest) -> Reply {
+        if let Some(problem) = self.refusal(conn, &request.id, request.durable.as_ref()) {
+            return Reply::Refused(problem);
         }
         self.next_sub += 1;
         let key = self.next_sub;
@@ -103,6 +123,8 @@ impl Router {
             ack: request.ack,
             prefetch: request.prefetch,
             inflight: VecDeque::new(),
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
         };
         self.subs.insert(key, sub);
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -124,7 +146,8 @@ impl Router {
             .as_ref()
             .and_then(|id| self.conns.get_mut(&conn)?.subs.remove(id));
         if let Some(key) = key {
-            self.remove_sub(key);
+            let written = self.conns.get(&conn).map_or(0, |c| c.outbox.written());
+            self.remove_sub(key, written);
         } else if durable.is_none() {
             let id = id.unwrap_or_default();
             return Reply::Refused(format!("no subscription with id `{id}` on this connection"));
@@ -222,7 +245,7 @@ impl Router {
         let source = sub.source.clone();
         let reply = if nack {
             for flight in taken {
-                self.redeliver(flight);
+                self.redeliver(flight, true);
             }
             Reply::Done
         } else if let Some(tx) = transaction {
@@ -237,7 +260,10 @@ impl Router {
                 .collect();
             Reply::Removals(removals)
         };
-        self.dispatch(&source);
+        match source {
+            Source::Topic => self.feed(key),
+            source => self.dispatch(&source),
+        }
         reply
     }
 
@@ -261,7 +287,7 @@ impl Router {
             return Reply::Removals(removals);
         }
         for flight in held {
-            self.redeliver(flight);
+            self.redeliver(flight, true);
         }
         Reply::Done
     }
@@ -272,11 +298,12 @@ impl Router {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        let written = c.outbox.written();
         for key in c.subs.into_values() {
-            self.remove_sub(key);
+            self.remove_sub(key, written);
         }
         for flight in c.held.into_values().flatten() {
-            self.redeliver(flight);
+            self.redeliver(flight, true);
         }
     }
 }

@@ -147,6 +147,17 @@ impl Session {
             (Some(name), Some(client_id)) => Some((client_id.clone(), name.clone())),
         };
         if let Some((client_id, name)) = &durable {
+            // Refusals first: nothing of a refused SUBSCRIBE may reach the store.
+            let check = RouterMsg::CheckSubscribe {
+                conn: self.id,
+                id: s.id.clone(),
+                durable: (client_id.clone(), name.clone()),
+            };
+            match self.ask(check) {
+                Some(Reply::Done) => {}
+                Some(Reply::Refused(problem)) => return self.refuse(&problem, receipt),
+                _ => return Flow::Close,
+            }
             let op = StoreOp::CreateDurable {
                 client_id: client_id.clone(),
                 name: name.clone(),

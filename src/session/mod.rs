@@ -140,6 +140,10 @@ impl Session {
                     if self.decode_all() == Flow::Close {
                         return;
                     }
+                    // Heart-beat EOLs alone must not keep an unauthenticated socket open.
+                    if self.timed_out(started, last_read) {
+                        return;
+                    }
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     if self.timed_out(started, last_read) {

@@ -132,7 +132,15 @@ impl Writer {
     fn apply_all(&mut self, batch: Vec<StoreOp>, out: &mut Outcome) -> Result<(), StoreError> {
         let durable_topics = &mut self.durable_topics;
         let next_transient = &mut self.next_transient;
-        let mut tx = self.conn.start_transaction(TxOpts::default())?;
+        let mut tx = match self.conn.start_transaction(TxOpts::default()) {
+            Ok(tx) => tx,
+            Err(e) => {
+                for op in batch {
+                    collect_done(op, out);
+                }
+                return Err(e.into());
+            }
+        };
         if let Err(e) = lock::check_epoch(&mut tx, self.fence.epoch) {
             let _ = tx.rollback();
             for op in batch {
@@ -365,9 +373,14 @@ impl Apply<'_, '_, '_> {
         let id = match existing {
             Some((id, old)) if old == topic => id,
             Some((id, _)) => {
-                // Re-pointed at another topic: what it held for the old one is dropped.
-                self.delete_durable(id)?;
-                self.insert_durable(&client_id, &name, &topic)?
+                // Re-pointed at another topic: what it held for the old one is dropped; the
+                // subscription keeps its id, so the router re-points the same one.
+                self.drop_entries(id)?;
+                self.tx.exec_drop(
+                    "UPDATE hamq_durable_subs SET topic = ? WHERE id = ?",
+                    (&topic, id),
+                )?;
+                id
             }
             None => self.insert_durable(&client_id, &name, &topic)?,
         };
@@ -394,11 +407,18 @@ impl Apply<'_, '_, '_> {
     }
 
     fn delete_durable(&mut self, id: u64) -> Result<(), StoreError> {
-        let topic = self.durable_topics.remove(&id);
-        self.tx
-            .exec_drop("DELETE FROM hamq_durable_entries WHERE sub_id = ?", (id,))?;
+        self.drop_entries(id)?;
+        self.durable_topics.remove(&id);
         self.tx
             .exec_drop("DELETE FROM hamq_durable_subs WHERE id = ?", (id,))?;
+        Ok(())
+    }
+
+    /// Remove a durable subscription's entries and the messages no one else holds.
+    fn drop_entries(&mut self, id: u64) -> Result<(), StoreError> {
+        let topic = self.durable_topics.get(&id).cloned();
+        self.tx
+            .exec_drop("DELETE FROM hamq_durable_entries WHERE sub_id = ?", (id,))?;
         if let Some(topic) = topic {
             self.tx.exec_drop(
                 "DELETE FROM hamq_messages WHERE destination = ? AND NOT EXISTS \
