@@ -44,7 +44,7 @@ pub enum RouterMsg {
     Connected {
         conn: ConnId,
         outbox: Outbox,
-        reply: Sender<Reply>,
+        reply: Sender<Answer>,
     },
     Subscribe {
         conn: ConnId,
@@ -85,7 +85,16 @@ pub enum RouterMsg {
     Shutdown,
 }
 
-/// The answer to a session's request, on the session's reply channel.
+/// What a session's request gets back on its reply channel: the reply, and the store writes
+/// the request caused in the router (redelivery counts, dead-lettering, auto-ack removals).
+/// The session hands those to the store before anything else, so a RECEIPT it sends after them
+/// comes only once they are committed.
+pub struct Answer {
+    pub reply: Reply,
+    pub writes: Vec<StoreOp>,
+}
+
+/// The outcome of a session's request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply {
     Done,
@@ -131,7 +140,7 @@ struct Sub {
 
 struct Conn {
     outbox: Outbox,
-    reply: Sender<Reply>,
+    reply: Sender<Answer>,
     /// Client subscription id -> router subscription key.
     subs: HashMap<String, u64>,
     /// Acks inside open transactions, per transaction id.
@@ -168,6 +177,9 @@ pub struct Router {
     blocked_subs: HashSet<u64>,
     store: Sender<StoreOp>,
     store_backlog: VecDeque<StoreOp>,
+    /// Handling a session's request: store writes go into `collected` for its answer.
+    in_request: bool,
+    collected: Vec<StoreOp>,
     pager: Sender<PageRequest<Source>>,
     /// Sources with a page request out.
     paging: HashSet<Source>,
@@ -204,6 +216,8 @@ impl Router {
             blocked_subs: HashSet::new(),
             store,
             store_backlog: VecDeque::new(),
+            in_request: false,
+            collected: Vec::new(),
             pager,
             paging: HashSet::new(),
             resident: 0,
@@ -297,6 +311,20 @@ impl Router {
     }
 
     fn handle(&mut self, msg: RouterMsg) {
+        self.in_request = matches!(
+            msg,
+            RouterMsg::Subscribe { .. }
+                | RouterMsg::CheckSubscribe { .. }
+                | RouterMsg::Unsubscribe { .. }
+                | RouterMsg::Ack { .. }
+                | RouterMsg::EndTransaction { .. }
+        );
+        self.dispatch_msg(msg);
+        self.in_request = false;
+        self.store_backlog.extend(self.collected.drain(..));
+    }
+
+    fn dispatch_msg(&mut self, msg: RouterMsg) {
         match msg {
             RouterMsg::Connected {
                 conn,
@@ -348,8 +376,16 @@ impl Router {
     /// The session is blocked on its reply channel (capacity 1, one request at a time), so
     /// this never finds it full.
     fn reply(&mut self, conn: ConnId, reply: Reply) {
-        if let Some(c) = self.conns.get(&conn) {
-            let _ = c.reply.try_send(reply);
+        let writes = std::mem::take(&mut self.collected);
+        let answer = Answer { reply, writes };
+        match self.conns.get(&conn) {
+            Some(c) => {
+                if let Err(e) = c.reply.try_send(answer) {
+                    // The session is gone: its writes still must reach the store.
+                    self.store_backlog.extend(e.into_inner().writes);
+                }
+            }
+            None => self.store_backlog.extend(answer.writes),
         }
     }
 
@@ -397,13 +433,19 @@ impl Router {
         }
     }
 
+    /// A store write of the router's own: handed back with the current request's answer (see
+    /// `Answer`), or, outside a request, queued in the backlog.
     fn store_later(&mut self, op: StoreOp) {
-        self.store_backlog.push_back(op);
+        if self.in_request {
+            self.collected.push(op);
+        } else {
+            self.store_backlog.push_back(op);
+        }
     }
 }
 
 impl Conn {
-    fn new(outbox: Outbox, reply: Sender<Reply>) -> Conn {
+    fn new(outbox: Outbox, reply: Sender<Answer>) -> Conn {
         Conn {
             outbox,
             reply,

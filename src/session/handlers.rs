@@ -245,6 +245,10 @@ impl Session {
     fn settle(&mut self, reply: Option<Reply>, receipt: Option<&str>) -> Flow {
         match reply {
             Some(Reply::Removals(removals)) => self.commit_to_store(Vec::new(), removals, receipt),
+            // After the router's writes (a NACK's count, a dead-lettering): once they commit.
+            Some(Reply::Done) | Some(Reply::DurableRemoved(_)) if self.answer_wrote.get() => {
+                self.commit_to_store(Vec::new(), Vec::new(), receipt)
+            }
             Some(Reply::Done) | Some(Reply::DurableRemoved(_)) => self.receipt_now(receipt),
             Some(Reply::Refused(problem)) => self.refuse(&problem, receipt),
             None => Flow::Close,

@@ -14,7 +14,7 @@ pub mod writer;
 use crate::codec::{Decoded, Decoder, Frame, Limits, Version};
 use crate::config::Config;
 use crate::outbox::{outbox, Outbox};
-use crate::router::{ConnId, Reply, RouterMsg};
+use crate::router::{Answer, ConnId, Reply, RouterMsg};
 use crate::shutdown::Shutdown;
 use crate::store::{StoreError, StoreOp};
 use crossbeam_channel::{Receiver, Sender};
@@ -61,10 +61,12 @@ struct Session {
     transactions: HashMap<String, Vec<crate::message::Message>>,
     /// Client heart-beats expected at least this often (twice the agreed interval); None = never.
     silence_limit: Option<Duration>,
-    reply_tx: Sender<Reply>,
-    reply_rx: Receiver<Reply>,
+    reply_tx: Sender<Answer>,
+    reply_rx: Receiver<Answer>,
     store_tx: Sender<Result<(), StoreError>>,
     store_rx: Receiver<Result<(), StoreError>>,
+    /// The last answer of the router carried store writes: its RECEIPT must follow them.
+    answer_wrote: std::cell::Cell<bool>,
 }
 
 /// Serve one accepted connection on this thread until it closes.
@@ -96,6 +98,7 @@ pub fn serve(id: ConnId, stream: TcpStream, ctx: Context) {
         reply_rx,
         store_tx,
         store_rx,
+        answer_wrote: std::cell::Cell::new(false),
     };
     session.read_loop();
     if session.version.is_some() {
@@ -241,16 +244,24 @@ impl Session {
         Flow::Continue
     }
 
-    /// Ask the router and wait for its answer; None when the broker is stopping.
+    /// Ask the router and wait for its answer; the store writes it caused go to the store
+    /// first (see `router::Answer`). None when the broker is stopping.
     fn ask(&self, msg: RouterMsg) -> Option<Reply> {
         self.ctx.router.send(msg).ok()?;
-        loop {
+        let answer = loop {
             match self.reply_rx.recv_timeout(TICK) {
-                Ok(reply) => return Some(reply),
+                Ok(answer) => break answer,
                 Err(_) if self.ctx.shutdown.is_stopping() => return None,
                 Err(_) => {}
             }
+        };
+        self.answer_wrote.set(!answer.writes.is_empty());
+        for op in answer.writes {
+            if !self.to_store(op) {
+                return None;
+            }
         }
+        Some(answer.reply)
     }
 
     /// Hand an operation to the store writer; blocks while it is busy (producer flow control).
