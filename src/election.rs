@@ -49,12 +49,14 @@ fn run(config: &Config, shutdown: &Shutdown, won: Sender<()>, release: Receiver<
     let mut waiting = Waiting::default();
     let mut conn: Option<Conn> = None;
     let mut delay = Duration::from_millis(100);
+    let mut first_try = true;
     while !shutdown.is_stopping() {
         let c = match conn.as_mut() {
             Some(c) => c,
             None => match open(config) {
                 Ok(c) => {
                     delay = Duration::from_millis(100);
+                    first_try = true;
                     conn.insert(c)
                 }
                 Err(e) => {
@@ -65,8 +67,10 @@ fn run(config: &Config, shutdown: &Shutdown, won: Sender<()>, release: Receiver<
                 }
             },
         };
-        let attempt = match lock::with_lock(c, |held| hold(held, config, shutdown, &won, &release))
-        {
+        // The first try on a connection does not wait, so a slave says at once who holds it.
+        let nowait = std::mem::replace(&mut first_try, false);
+        let master = |held: lock::Held<'_>| hold(held, config, shutdown, &won, &release);
+        let attempt = match lock::with_lock(c, nowait, master) {
             Ok(Some(())) => return,
             Ok(None) => lock::holder(c),
             Err(e) => Err(e),

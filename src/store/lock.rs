@@ -12,8 +12,10 @@ use super::{column, StoreError};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Row, Transaction, TxOpts};
 
-/// MySQL's "Lock wait timeout exceeded": someone else holds the lock.
+/// "Lock wait timeout exceeded" (MySQL, MariaDB; also MariaDB's NOWAIT): someone else holds it.
 const LOCK_WAIT_TIMEOUT: u16 = 1205;
+/// MySQL 8's answer to NOWAIT on a locked row.
+const LOCK_NOWAIT: u16 = 3572;
 
 const BOOTSTRAP: &[(&str, &str)] = &[
     (
@@ -74,16 +76,25 @@ pub struct Held<'a> {
     tx: Transaction<'a>,
 }
 
-/// Try for the lock, waiting up to the session's `innodb_lock_wait_timeout`; when won, run
-/// `master` with it (the whole time as master is that call). `Ok(None)`: another broker holds it.
+/// Try for the lock, waiting up to the session's `innodb_lock_wait_timeout` (not at all with
+/// `nowait`); when won, run `master` with it (the whole time as master is that call).
+/// `Ok(None)`: another broker holds it.
 pub fn with_lock<T>(
     conn: &mut Conn,
+    nowait: bool,
     master: impl FnOnce(Held<'_>) -> T,
 ) -> Result<Option<T>, StoreError> {
     let mut tx = conn.start_transaction(TxOpts::default())?;
-    match tx.query_drop("SELECT id FROM hamq_lock WHERE id = 1 FOR UPDATE") {
+    let query = if nowait {
+        "SELECT id FROM hamq_lock WHERE id = 1 FOR UPDATE NOWAIT"
+    } else {
+        "SELECT id FROM hamq_lock WHERE id = 1 FOR UPDATE"
+    };
+    match tx.query_drop(query) {
         Ok(()) => Ok(Some(master(Held { tx }))),
-        Err(mysql::Error::MySqlError(e)) if e.code == LOCK_WAIT_TIMEOUT => {
+        Err(mysql::Error::MySqlError(e))
+            if e.code == LOCK_WAIT_TIMEOUT || e.code == LOCK_NOWAIT =>
+        {
             // Explicit rollback: Drop would swallow its error.
             let _ = tx.rollback();
             Ok(None)
