@@ -520,3 +520,24 @@ fn durable_subscription_can_be_re_pointed_to_another_topic() {
         "messages of the old topic arrived"
     );
 }
+
+#[test]
+fn auto_acked_messages_are_removed_once_written() {
+    let url = shared_mariadb().create_database();
+    let mut b = Broker::start(&url, &[]);
+    let port = b.stomp_port();
+    let mut p = Client::connect(port);
+    for i in 0..50 {
+        p.send_with_receipt("/queue/auto", format!("{i}"), &[]);
+    }
+    let mut c = Client::connect(port);
+    c.subscribe("/queue/auto", "s", "auto", &[]);
+    let got = recv_n(&mut c, 50);
+    assert_eq!(got.last().map(Frame::text), Some("49".to_string()));
+    c.disconnect();
+    b.sigterm();
+    assert_eq!(b.wait_exit(TIMEOUT).and_then(|s| s.code()), Some(0));
+    // Restarted on the same database: nothing consumed comes back.
+    let b = Broker::start(&url, &[]);
+    b.wait_for_log("recovered 0 messages", TIMEOUT);
+}

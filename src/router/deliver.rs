@@ -181,18 +181,39 @@ impl Router {
             return self.disconnected(conn);
         };
         if sub.ack == AckMode::Auto {
-            if let Some(t) = target(entry.id(), &source) {
-                self.store_later(StoreOp::Commit {
-                    sends: Vec::new(),
-                    removals: vec![t],
-                    done: None,
-                });
+            self.auto_pending.insert(key);
+        }
+        sub.inflight.push_back(InFlight {
+            entry,
+            source,
+            handed,
+        });
+    }
+
+    /// Auto-ack deliveries count as acknowledged once the writer has put them on the socket
+    /// (`Outbox::written`); until then they are in flight, so a connection that breaks first
+    /// gets them redelivered elsewhere instead of losing them.
+    pub(super) fn settle_auto(&mut self) {
+        let mut removals = Vec::new();
+        for key in std::mem::take(&mut self.auto_pending) {
+            let Some(sub) = self.subs.get_mut(&key) else {
+                continue;
+            };
+            let written = self.conns.get(&sub.conn).map_or(0, |c| c.outbox.written());
+            while sub.inflight.front().is_some_and(|f| f.handed <= written) {
+                if let Some(f) = sub.inflight.pop_front() {
+                    removals.extend(target(f.entry.id(), &f.source));
+                }
             }
-        } else {
-            sub.inflight.push_back(InFlight {
-                entry,
-                source,
-                handed,
+            if !sub.inflight.is_empty() {
+                self.auto_pending.insert(key);
+            }
+        }
+        if !removals.is_empty() {
+            self.store_later(StoreOp::Commit {
+                sends: Vec::new(),
+                removals,
+                done: None,
             });
         }
     }
@@ -326,9 +347,22 @@ impl Router {
             }
         }
         self.blocked_subs.remove(&key);
+        self.auto_pending.remove(&key);
+        let mut consumed = Vec::new();
         for flight in std::mem::take(&mut sub.inflight) {
             let seen = flight.handed <= written;
-            self.redeliver(flight, seen);
+            if seen && sub.ack == AckMode::Auto {
+                consumed.extend(target(flight.entry.id(), &flight.source));
+            } else {
+                self.redeliver(flight, seen);
+            }
+        }
+        if !consumed.is_empty() {
+            self.store_later(StoreOp::Commit {
+                sends: Vec::new(),
+                removals: consumed,
+                done: None,
+            });
         }
         Some(sub)
     }

@@ -175,6 +175,8 @@ pub struct Router {
     blocked: HashSet<Source>,
     /// Topic subscriptions with a backlog waiting for room.
     blocked_subs: HashSet<u64>,
+    /// Auto-ack subscriptions with deliveries not yet known to be written.
+    auto_pending: HashSet<u64>,
     store: Sender<StoreOp>,
     store_backlog: VecDeque<StoreOp>,
     /// Handling a session's request: store writes go into `collected` for its answer.
@@ -214,6 +216,7 @@ impl Router {
             durable_names: HashMap::new(),
             blocked: HashSet::new(),
             blocked_subs: HashSet::new(),
+            auto_pending: HashSet::new(),
             store,
             store_backlog: VecDeque::new(),
             in_request: false,
@@ -269,7 +272,9 @@ impl Router {
     fn run(&mut self, rx: Receiver<RouterMsg>) {
         let mut last_sweep = Instant::now();
         loop {
-            let idle = self.blocked.is_empty() && self.blocked_subs.is_empty();
+            let idle = self.blocked.is_empty()
+                && self.blocked_subs.is_empty()
+                && self.auto_pending.is_empty();
             let wait = if idle && self.store_backlog.is_empty() {
                 SWEEP
             } else {
@@ -289,6 +294,7 @@ impl Router {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
+            self.settle_auto();
             self.retry_blocked();
             if last_sweep.elapsed() >= SWEEP {
                 self.sweep_expired();
