@@ -16,6 +16,8 @@ pub struct Config {
     /// `mysql://user:pass@host:port/db`.
     pub datastore: String,
     pub stomp_listen: SocketAddr,
+    /// The status/metrics/admin HTTP listener; None = off.
+    pub status_listen: Option<SocketAddr>,
     pub default_persistent: bool,
     pub max_redeliveries: u32,
     pub default_prefetch: usize,
@@ -65,6 +67,7 @@ const KEYS: &[&str] = &[
     "name",
     "datastore",
     "stomp_listen",
+    "status_listen",
     "default_persistent",
     "max_redeliveries",
     "default_prefetch",
@@ -86,6 +89,7 @@ impl Default for Config {
             name: default_name(),
             datastore: String::new(),
             stomp_listen: SocketAddr::from(([0, 0, 0, 0], 61613)),
+            status_listen: None,
             default_persistent: true,
             max_redeliveries: 6,
             default_prefetch: 1000,
@@ -156,7 +160,12 @@ impl Config {
                 config.set(&key, value.trim(), &format!("environment variable {var}"))?;
             }
         }
-        if config.datastore.is_empty() || config.datastore == "local" {
+        Ok(config)
+    }
+
+    /// The broker (not the admin command) needs a real datastore URL.
+    pub fn check_datastore(&self) -> Result<(), ConfigError> {
+        if self.datastore.is_empty() || self.datastore == "local" {
             return Err(ConfigError {
                 key: "datastore".to_string(),
                 origin: "the final configuration".to_string(),
@@ -166,7 +175,7 @@ impl Config {
                     .to_string(),
             });
         }
-        Ok(config)
+        Ok(())
     }
 
     fn set(&mut self, key: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
@@ -182,6 +191,14 @@ impl Config {
                 self.stomp_listen = value
                     .parse()
                     .map_err(|_| bad(format!("`{value}` is not an address like 0.0.0.0:61613")))?
+            }
+            "status_listen" if value.is_empty() => self.status_listen = None,
+            "status_listen" => {
+                self.status_listen = Some(value.parse().map_err(|_| {
+                    bad(format!(
+                        "`{value}` is not an address like 127.0.0.1:8161 (or empty)"
+                    ))
+                })?)
             }
             "default_persistent" => self.default_persistent = boolean(value).map_err(bad)?,
             "max_redeliveries" => self.max_redeliveries = number(value).map_err(bad)?,
@@ -284,7 +301,9 @@ mod tests {
 
     fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        Config::parse(text, "test.conf", env)
+        let config = Config::parse(text, "test.conf", env)?;
+        config.check_datastore()?;
+        Ok(config)
     }
 
     #[test]
@@ -314,6 +333,7 @@ mod tests {
             ("stomp_listen = nowhere", "stomp_listen"),
             ("users = guest", "users"),
             ("lease = 1", "lease"),
+            ("status_listen = 8161", "status_listen"),
             ("no equals sign", "no equals sign"),
         ];
         for (line, key) in cases {

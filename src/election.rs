@@ -14,9 +14,36 @@ use crate::shutdown::Shutdown;
 use crate::store::{self, lock, StoreError};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use mysql::Conn;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// Who is master as this broker knows it, for the status endpoints: set by the election
+/// thread while waiting, and by the server once it took over.
+#[derive(Default)]
+pub struct Role {
+    inner: Mutex<RoleInfo>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoleInfo {
+    pub master: bool,
+    pub epoch: u64,
+    /// The broker holding the lock (this one's name when master).
+    pub holder: String,
+}
+
+impl Role {
+    pub fn get(&self) -> RoleInfo {
+        self.inner.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    pub fn set(&self, info: RoleInfo) {
+        if let Ok(mut r) = self.inner.lock() {
+            *r = info;
+        }
+    }
+}
 
 /// The server's side of the election thread.
 pub struct Election {
@@ -32,12 +59,16 @@ const LOCK_WAIT: Duration = Duration::from_secs(1);
 /// A slave repeats its "waiting for the lock" line at least this often.
 const WAITING_LOG_EVERY: Duration = Duration::from_secs(60);
 
-pub fn spawn(config: Arc<Config>, shutdown: Arc<Shutdown>) -> std::io::Result<Election> {
+pub fn spawn(
+    config: Arc<Config>,
+    shutdown: Arc<Shutdown>,
+    role: Arc<Role>,
+) -> std::io::Result<Election> {
     let (won_tx, won) = bounded(1);
     let (release, release_rx) = bounded(1);
     let thread = std::thread::Builder::new()
         .name("election".to_string())
-        .spawn(move || run(&config, &shutdown, won_tx, release_rx))?;
+        .spawn(move || run(&config, &shutdown, &role, won_tx, release_rx))?;
     Ok(Election {
         won,
         release,
@@ -45,7 +76,7 @@ pub fn spawn(config: Arc<Config>, shutdown: Arc<Shutdown>) -> std::io::Result<El
     })
 }
 
-fn run(config: &Config, shutdown: &Shutdown, won: Sender<()>, release: Receiver<()>) {
+fn run(config: &Config, shutdown: &Shutdown, role: &Role, won: Sender<()>, release: Receiver<()>) {
     let mut waiting = Waiting::default();
     let mut conn: Option<Conn> = None;
     let mut delay = Duration::from_millis(100);
@@ -81,6 +112,11 @@ fn run(config: &Config, shutdown: &Shutdown, won: Sender<()>, release: Receiver<
                     log::warn!("the lock is held by a broker with this same name `{holder}`");
                 }
                 waiting.log(&holder, epoch);
+                role.set(RoleInfo {
+                    master: false,
+                    epoch,
+                    holder,
+                });
             }
             Err(e) => {
                 log::warn!("election: {e}; reconnecting");

@@ -5,6 +5,7 @@
 //! `message`;
 //! `codec` knows nothing but bytes.
 //!
+//! - `admin`: the `hamq status|queues|browse|purge` commands: a client of the status listener.
 //! - `config`: the `key = value` file, `HAMQ_<KEY>` overrides, validation with key and line.
 //! - `codec`: STOMP frames: incremental decoder with limits, encoder, header escaping.
 //! - `command`: a decoded frame turned into a typed client command, or a protocol error.
@@ -17,8 +18,10 @@
 //! - `session`: one client connection: its reader thread (parse, execute) and writer thread.
 //! - `shutdown`: the stop signal every loop checks; wakes the accept loop.
 //! - `election`: the election thread: waits for the master lock as a slave, keeps it as master.
+//! - `status`: the status listener (HTTP): /status, /health, /metrics and the admin endpoints.
 //! - `server`: process life: store connect, recovery, listener, accept loop, shutdown.
 
+pub mod admin;
 pub mod codec;
 pub mod command;
 pub mod config;
@@ -30,4 +33,5 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod status;
 pub mod store;

@@ -1,35 +1,58 @@
-//! The `hamq` binary: read the configuration, set up logging and signals, run the broker.
+//! The `hamq` binary: read the configuration, set up logging and signals, run the broker; or,
+//! with a command word, run an admin command against the broker on this host.
 
 use hamq::config::Config;
 use hamq::shutdown::Shutdown;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-const USAGE: &str = "usage: hamq [--config PATH]   (default PATH: etc/hamq.conf)";
+const USAGE: &str =
+    "usage: hamq [--config PATH]                  run the broker (PATH: etc/hamq.conf)
+       hamq [--config PATH] COMMAND          ask the broker on this host; COMMAND is one of
+       ";
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let path = match config_path(std::env::args().skip(1).collect()) {
-        Ok(path) => path,
+    let (path, command) = match parse_args(std::env::args().skip(1).collect()) {
+        Ok(parsed) => parsed,
         Err(problem) => {
-            eprintln!("hamq: {problem}\n{USAGE}");
+            eprintln!("hamq: {problem}\n{USAGE}{}", hamq::admin::USAGE);
             return ExitCode::from(2);
         }
     };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) => {
-            log::error!("cannot read config {path}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let config = match Config::parse(&text, &path, std::env::vars()) {
+    let config = match read_config(&path) {
         Ok(config) => config,
-        Err(e) => {
-            log::error!("{e}");
+        Err(problem) => {
+            log::error!("{problem}");
             return ExitCode::from(2);
         }
     };
+    if !command.is_empty() {
+        return match hamq::admin::run(&config, &command) {
+            Ok(output) => {
+                print!("{output}");
+                ExitCode::SUCCESS
+            }
+            Err(problem) => {
+                eprintln!("hamq: {problem}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Err(e) = config.check_datastore() {
+        log::error!("{e}");
+        return ExitCode::from(2);
+    }
+    run_broker(config)
+}
+
+fn read_config(path: &str) -> Result<Config, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read config {path}: {e}"))?;
+    Config::parse(&text, path, std::env::vars()).map_err(|e| e.to_string())
+}
+
+fn run_broker(config: Config) -> ExitCode {
     log::info!(
         "hamq {} starting as `{}`",
         env!("CARGO_PKG_VERSION"),
@@ -53,11 +76,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn config_path(args: Vec<String>) -> Result<String, String> {
-    match args.as_slice() {
-        [] => Ok("etc/hamq.conf".to_string()),
-        [flag, path] if flag == "--config" => Ok(path.clone()),
-        [flag] if flag == "--help" || flag == "-h" => Err("help".to_string()),
-        other => Err(format!("unexpected arguments: {}", other.join(" "))),
+/// (config path, admin command words; empty = run the broker).
+fn parse_args(args: Vec<String>) -> Result<(String, Vec<String>), String> {
+    let mut path = "etc/hamq.conf".to_string();
+    let mut rest = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" => path = args.next().ok_or("--config needs a path")?,
+            "-h" | "--help" => return Err("help".to_string()),
+            _ => rest.push(arg),
+        }
     }
+    Ok((path, rest))
 }

@@ -190,6 +190,11 @@ impl Queue {
         self.pending.len()
     }
 
+    /// Pending entries in delivery order.
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.pending.values()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }

@@ -7,11 +7,12 @@
 //! Runs on the main thread. Owns the threads it starts and joins every one of them.
 
 use crate::config::Config;
-use crate::election::{self, Election};
+use crate::election::{self, Election, Role, RoleInfo};
 use crate::message::now_ms;
 use crate::router::{Router, RouterMsg, INBOX_DEPTH};
 use crate::session::{self, Context};
 use crate::shutdown::Shutdown;
+use crate::status;
 use crate::store::{self, lock, Committed, Fence, StoreError};
 use crossbeam_channel::RecvTimeoutError;
 use mysql::Conn;
@@ -19,7 +20,7 @@ use std::collections::HashMap;
 use std::net::{Shutdown as Both, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Open connections, so shutdown can cut them; each session removes itself when it ends.
 type Registry = Arc<Mutex<HashMap<u64, TcpStream>>>;
@@ -28,16 +29,35 @@ type Registry = Arc<Mutex<HashMap<u64, TcpStream>>>;
 /// (lost the lock, store failure): the process then exits non-zero.
 pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), String> {
     let config = Arc::new(config);
-    let election = election::spawn(config.clone(), shutdown.clone())
+    let role = Arc::new(Role::default());
+    let shared = Arc::new(status::Shared {
+        name: config.name.clone(),
+        started: Instant::now(),
+        role: role.clone(),
+        router: Mutex::new(None),
+    });
+    // The status listener answers on slaves too (health 503): it is bound before the election.
+    let status_thread = match config.status_listen {
+        Some(addr) => Some(
+            status::spawn(addr, shared.clone(), shutdown.clone())
+                .map_err(|e| format!("cannot listen for status on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    let election = election::spawn(config.clone(), shutdown.clone(), role)
         .map_err(|e| format!("could not start the election thread: {e}"))?;
     if wait_for_lock(&election, &shutdown) {
-        if let Err(why) = serve(&config, &shutdown) {
+        if let Err(why) = serve(&config, &shutdown, &shared) {
             shutdown.fail(why);
         }
     }
     // Everything written: only now may a slave take over.
     let _ = election.release.send(());
     let _ = election.thread.join();
+    shutdown.begin();
+    if let Some(thread) = status_thread {
+        let _ = thread.join();
+    }
     match shutdown.failure() {
         Some(why) => Err(why),
         None => Ok(()),
@@ -56,10 +76,19 @@ fn wait_for_lock(election: &Election, shutdown: &Shutdown) -> bool {
 }
 
 /// Master: take over and serve until shutdown.
-fn serve(config: &Arc<Config>, shutdown: &Arc<Shutdown>) -> Result<(), String> {
+fn serve(
+    config: &Arc<Config>,
+    shutdown: &Arc<Shutdown>,
+    shared: &status::Shared,
+) -> Result<(), String> {
     let mut conn = store_conn(config).map_err(|e| e.to_string())?;
     let epoch = lock::take_over(&mut conn, &config.name, now_ms()).map_err(|e| e.to_string())?;
     log::info!("acquired the lock (epoch {epoch})");
+    shared.role.set(RoleInfo {
+        master: true,
+        epoch,
+        holder: config.name.clone(),
+    });
     store::prepare(&mut conn).map_err(|e| e.to_string())?;
     let recovered = store::recover(&mut conn).map_err(|e| e.to_string())?;
     let count = recovered.queued.len() + recovered.entries.len();
@@ -100,6 +129,7 @@ fn serve(config: &Arc<Config>, shutdown: &Arc<Shutdown>) -> Result<(), String> {
     let router_thread = router
         .spawn(router_rx)
         .map_err(|e| format!("could not start the router: {e}"))?;
+    set_router(shared, Some(router_tx.clone()));
 
     let ctx = Context {
         config: config.clone(),
@@ -118,6 +148,7 @@ fn serve(config: &Arc<Config>, shutdown: &Arc<Shutdown>) -> Result<(), String> {
     for session in sessions {
         let _ = session.join();
     }
+    set_router(shared, None);
     let _ = router_tx.send(RouterMsg::Shutdown);
     drop(router_tx);
     let _ = router_thread.join();
@@ -125,6 +156,12 @@ fn serve(config: &Arc<Config>, shutdown: &Arc<Shutdown>) -> Result<(), String> {
     drop(writer.ops);
     let _ = writer.thread.join();
     Ok(())
+}
+
+fn set_router(shared: &status::Shared, router: Option<crossbeam_channel::Sender<RouterMsg>>) {
+    if let Ok(mut slot) = shared.router.lock() {
+        *slot = router;
+    }
 }
 
 /// A store connection with the lease's session settings and bounded calls.
@@ -151,7 +188,7 @@ fn accept_loop(listener: TcpListener, ctx: Context) -> Vec<JoinHandle<()>> {
     match listener.local_addr() {
         Ok(addr) => {
             log::info!("listening for STOMP on {addr}");
-            ctx.shutdown.set_wake(wake_address(addr));
+            ctx.shutdown.add_wake(wake_address(addr));
         }
         Err(e) => ctx.shutdown.fail(format!("listener has no address: {e}")),
     }
@@ -189,8 +226,8 @@ fn accept_loop(listener: TcpListener, ctx: Context) -> Vec<JoinHandle<()>> {
     threads
 }
 
-/// `0.0.0.0:port` cannot be connected to: wake the loop through loopback instead.
-fn wake_address(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+/// `0.0.0.0:port` cannot be connected to: wake the loop (or reach it) through loopback instead.
+pub fn wake_address(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     let mut wake = addr;
     if addr.ip().is_unspecified() {
         wake.set_ip(if addr.is_ipv4() {

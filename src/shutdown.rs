@@ -11,8 +11,8 @@ pub struct Shutdown {
     stopping: AtomicBool,
     /// Why the broker stops on its own; the process then exits non-zero.
     failure: Mutex<Option<String>>,
-    /// The listener to connect to so that a blocked `accept` returns.
-    wake: Mutex<Option<SocketAddr>>,
+    /// The listeners to connect to so that a blocked `accept` returns.
+    wake: Mutex<Vec<SocketAddr>>,
 }
 
 impl Shutdown {
@@ -25,8 +25,8 @@ impl Shutdown {
         if self.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
-        let wake = self.wake.lock().ok().and_then(|w| *w);
-        if let Some(addr) = wake {
+        let wake = self.wake.lock().map(|w| w.clone()).unwrap_or_default();
+        for addr in wake {
             let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
         }
     }
@@ -55,10 +55,10 @@ impl Shutdown {
         self.failure.lock().ok().and_then(|f| f.clone())
     }
 
-    /// Called once the listener is bound; a stop that came earlier is passed on at once.
-    pub fn set_wake(&self, addr: SocketAddr) {
+    /// Called once a listener is bound; a stop that came earlier is passed on at once.
+    pub fn add_wake(&self, addr: SocketAddr) {
         if let Ok(mut wake) = self.wake.lock() {
-            *wake = Some(addr);
+            wake.push(addr);
         }
         if self.is_stopping() {
             let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));

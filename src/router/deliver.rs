@@ -26,6 +26,7 @@ impl Router {
     pub(super) fn route(&mut self, messages: Vec<Arc<Message>>) {
         let mut touched: HashSet<Arc<str>> = HashSet::new();
         for message in messages {
+            self.count(&message.destination, |c| c.enqueued += 1);
             match kind_of(&message.destination) {
                 Kind::Queue => {
                     let name = message.destination.clone();
@@ -200,13 +201,16 @@ impl Router {
                 continue;
             };
             let written = self.conns.get(&sub.conn).map_or(0, |c| c.outbox.written());
+            let mut settled = Vec::new();
             while sub.inflight.front().is_some_and(|f| f.handed <= written) {
-                if let Some(f) = sub.inflight.pop_front() {
-                    removals.extend(target(f.entry.id(), &f.source));
-                }
+                settled.extend(sub.inflight.pop_front());
             }
             if !sub.inflight.is_empty() {
                 self.auto_pending.insert(key);
+            }
+            for f in settled {
+                removals.extend(target(f.entry.id(), &f.source));
+                self.count_dequeued(&f.entry);
             }
         }
         if !removals.is_empty() {
@@ -232,6 +236,9 @@ impl Router {
         }
         flight.entry.redeliveries += 1;
         flight.entry.redelivered = true;
+        if let Some(m) = flight.entry.message().cloned() {
+            self.count(&m.destination, |c| c.redelivered += 1);
+        }
         if flight.entry.redeliveries > self.max_redeliveries {
             return self.dead_letter(flight);
         }
@@ -254,6 +261,7 @@ impl Router {
             // Failing in its dead-letter queue: it stays there for whoever reads that queue.
             return self.push_entry(&flight.source, flight.entry);
         }
+        self.count(&message.destination, |c| c.dead_lettered += 1);
         log::warn!(
             "message {} of {} moved to {dlq} after {} deliveries",
             message.message_id(),
@@ -353,6 +361,7 @@ impl Router {
             let seen = flight.handed <= written;
             if seen && sub.ack == AckMode::Auto {
                 consumed.extend(target(flight.entry.id(), &flight.source));
+                self.count_dequeued(&flight.entry);
             } else {
                 self.redeliver(flight, seen);
             }

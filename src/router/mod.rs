@@ -17,6 +17,7 @@
 
 mod deliver;
 mod paging;
+mod stats;
 mod subscriptions;
 mod topics;
 
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use stats::{Browsed, Counters, DestinationStats, Stats};
 pub use subscriptions::{AckMode, AckRef, SubscribeRequest};
 
 /// A connection's number, unique for the process.
@@ -82,6 +84,19 @@ pub enum RouterMsg {
     Committed(Committed),
     /// Bodies the pager loaded.
     PagedIn(Paged<Source>),
+    /// Figures for the status endpoints.
+    Stats(Sender<Stats>),
+    /// The first `limit` waiting messages of a queue.
+    Browse {
+        destination: String,
+        limit: usize,
+        reply: Sender<Vec<Browsed>>,
+    },
+    /// Remove a queue's waiting messages; answers how many.
+    Purge {
+        destination: String,
+        reply: Sender<usize>,
+    },
     Shutdown,
 }
 
@@ -177,6 +192,8 @@ pub struct Router {
     blocked_subs: HashSet<u64>,
     /// Auto-ack subscriptions with deliveries not yet known to be written.
     auto_pending: HashSet<u64>,
+    /// Per-destination totals for the status endpoints.
+    counters: HashMap<Arc<str>, Counters>,
     store: Sender<StoreOp>,
     store_backlog: VecDeque<StoreOp>,
     /// Handling a session's request: store writes go into `collected` for its answer.
@@ -217,6 +234,7 @@ impl Router {
             blocked: HashSet::new(),
             blocked_subs: HashSet::new(),
             auto_pending: HashSet::new(),
+            counters: HashMap::new(),
             store,
             store_backlog: VecDeque::new(),
             in_request: false,
@@ -375,6 +393,19 @@ impl Router {
             RouterMsg::Committed(Committed::Messages(messages)) => self.route(messages),
             RouterMsg::Committed(Committed::Durable(row)) => self.add_durable(row),
             RouterMsg::PagedIn(paged) => self.paged_in(paged),
+            RouterMsg::Stats(reply) => {
+                let _ = reply.try_send(self.stats());
+            }
+            RouterMsg::Browse {
+                destination,
+                limit,
+                reply,
+            } => {
+                let _ = reply.try_send(self.browse(&destination, limit));
+            }
+            RouterMsg::Purge { destination, reply } => {
+                let _ = reply.try_send(self.purge(&destination));
+            }
             RouterMsg::Shutdown => {}
         }
     }

@@ -258,6 +258,9 @@ impl Router {
                 .iter()
                 .filter_map(|f| target(f.entry.id(), &f.source))
                 .collect();
+            for f in &taken {
+                self.count_dequeued(&f.entry);
+            }
             Reply::Removals(removals)
         };
         match source {
@@ -284,6 +287,9 @@ impl Router {
                 .iter()
                 .filter_map(|f| target(f.entry.id(), &f.source))
                 .collect();
+            for f in &held {
+                self.count_dequeued(&f.entry);
+            }
             return Reply::Removals(removals);
         }
         for flight in held {

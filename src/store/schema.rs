@@ -114,6 +114,9 @@ const MESSAGE_COLUMNS: &str = "m.id, m.destination, m.priority, m.expires, m.tim
 /// Metadata columns: enough to order, expire and size an entry without its body.
 const META_COLUMNS: &str = "m.id, m.priority, m.expires, LENGTH(m.headers) + LENGTH(m.body) + 128";
 
+/// A deep backlog's recovery logs its progress every this many messages.
+const PROGRESS_EVERY: usize = 100_000;
+
 /// Recovery reads metadata only: bodies are paged in when consumers reach them, so a deep
 /// backlog costs a few dozen bytes per message and the new master serves sooner.
 pub(super) fn recover(conn: &mut Conn) -> Result<Recovered, StoreError> {
@@ -126,6 +129,9 @@ pub(super) fn recover(conn: &mut Conn) -> Result<Recovered, StoreError> {
     let mut names: HashMap<String, Arc<str>> = HashMap::new();
     for row in conn.query_iter(query)? {
         let row = row?;
+        if queued.len() % PROGRESS_EVERY == PROGRESS_EVERY - 1 {
+            log::info!("recovering: {} queued messages so far", queued.len() + 1);
+        }
         let name: String = column(&row, 5)?;
         let name = names
             .entry(name)

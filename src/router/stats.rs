@@ -1,0 +1,162 @@
+//! Figures for the status endpoints and the admin command: per-destination counters kept as
+//! messages move, snapshots, browsing and purging. Runs on the router thread only; the status
+//! thread asks through `RouterMsg::Stats`/`Browse`/`Purge` and waits on its own channel.
+
+use super::{target, Router, Source};
+use crate::store::StoreOp;
+use std::sync::Arc;
+
+/// Running totals of one destination since this broker became master.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub enqueued: u64,
+    pub dequeued: u64,
+    pub redelivered: u64,
+    pub dead_lettered: u64,
+}
+
+/// One destination as the status endpoint shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestinationStats {
+    pub name: String,
+    /// Messages waiting (for a topic: in its durable subscriptions and subscriber backlogs).
+    pub depth: usize,
+    /// Delivered, not yet acknowledged.
+    pub in_flight: usize,
+    pub consumers: usize,
+    pub counters: Counters,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub connections: usize,
+    pub destinations: Vec<DestinationStats>,
+}
+
+/// A waiting message as `browse` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Browsed {
+    pub id: u64,
+    pub priority: u8,
+    pub redeliveries: u32,
+    /// Whether its body is in memory (else it waits in the store).
+    pub resident: bool,
+}
+
+impl Router {
+    /// Update `destination`'s counters.
+    pub(super) fn count(&mut self, destination: &str, update: impl FnOnce(&mut Counters)) {
+        match self.counters.get_mut(destination) {
+            Some(c) => update(c),
+            None => {
+                let mut c = Counters::default();
+                update(&mut c);
+                self.counters.insert(Arc::from(destination), c);
+            }
+        }
+    }
+
+    /// Count a delivered entry as consumed.
+    pub(super) fn count_dequeued(&mut self, entry: &crate::queue::Entry) {
+        if let Some(m) = entry.message().cloned() {
+            self.count(&m.destination, |c| c.dequeued += 1);
+        }
+    }
+
+    pub(super) fn stats(&self) -> Stats {
+        let mut destinations: Vec<DestinationStats> = self
+            .counters
+            .iter()
+            .map(|(name, counters)| DestinationStats {
+                name: name.to_string(),
+                depth: 0,
+                in_flight: 0,
+                consumers: 0,
+                counters: *counters,
+            })
+            .collect();
+        let mut add = |name: &str, depth: usize, in_flight: usize, consumers: usize| {
+            let i = match destinations.iter().position(|d| d.name == name) {
+                Some(i) => i,
+                None => {
+                    destinations.push(DestinationStats {
+                        name: name.to_string(),
+                        depth: 0,
+                        in_flight: 0,
+                        consumers: 0,
+                        counters: Counters::default(),
+                    });
+                    destinations.len() - 1
+                }
+            };
+            let d = &mut destinations[i];
+            d.depth += depth;
+            d.in_flight += in_flight;
+            d.consumers += consumers;
+        };
+        for (name, dest) in &self.queues {
+            add(name, dest.queue.len(), 0, dest.consumers.len());
+        }
+        for durable in self.durables.values() {
+            let active = usize::from(durable.active.is_some());
+            add(&durable.row.topic, durable.queue.len(), 0, active);
+        }
+        for sub in self.subs.values() {
+            let name = match (&sub.source, &sub.topic) {
+                (Source::Queue(name), _) | (Source::Topic, Some(name)) => name.to_string(),
+                (Source::Durable(id), _) => match self.durables.get(id) {
+                    Some(d) => d.row.topic.clone(),
+                    None => continue,
+                },
+                (Source::Topic, None) => continue,
+            };
+            let topic_consumer = usize::from(sub.source == Source::Topic);
+            add(&name, sub.backlog.len(), sub.inflight.len(), topic_consumer);
+        }
+        destinations.sort_by(|a, b| a.name.cmp(&b.name));
+        Stats {
+            connections: self.conns.len(),
+            destinations,
+        }
+    }
+
+    /// The first `limit` waiting messages of a queue, in delivery order.
+    pub(super) fn browse(&self, destination: &str, limit: usize) -> Vec<Browsed> {
+        let Some(dest) = self.queues.get(destination) else {
+            return Vec::new();
+        };
+        dest.queue
+            .iter()
+            .take(limit)
+            .map(|e| Browsed {
+                id: e.id(),
+                priority: e.priority(),
+                redeliveries: e.redeliveries,
+                resident: e.message().is_some(),
+            })
+            .collect()
+    }
+
+    /// Remove every waiting (not in-flight) message of a queue; returns how many.
+    pub(super) fn purge(&mut self, destination: &str) -> usize {
+        let Some(dest) = self.queues.get_mut(destination) else {
+            return 0;
+        };
+        let source = Source::Queue(Arc::from(destination));
+        let entries = dest.queue.drain();
+        let removals = entries
+            .iter()
+            .filter_map(|e| target(e.id(), &source))
+            .collect();
+        self.resident -= entries.iter().map(|e| e.resident_bytes()).sum::<usize>();
+        self.paging.remove(&source);
+        self.count(destination, |c| c.dequeued += entries.len() as u64);
+        self.store_later(StoreOp::Commit {
+            sends: Vec::new(),
+            removals,
+            done: None,
+        });
+        log::info!("purged {} messages from {destination}", entries.len());
+        entries.len()
+    }
+}

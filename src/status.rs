@@ -1,0 +1,273 @@
+//! The status listener (`status_listen`): a minimal HTTP/1.1 server for humans, load balancers,
+//! Prometheus and the `hamq` admin command. It runs on master AND slave.
+//!
+//! One thread accepts and answers one request per connection (bounded reads and writes, then
+//! close), so a stuck client delays the next by at most `IO_TIMEOUT`. Figures come from the
+//! router (a `RouterMsg` with a reply channel, waited on with a bound) and from the election's
+//! `Role`. Endpoints: `GET /status` (JSON), `GET /health` (200 master, 503 slave), `GET /metrics`
+//! (Prometheus text), and for the admin command `GET /admin/status`, `GET /admin/queues`,
+//! `GET /admin/browse?destination=D`, `POST /admin/purge?destination=D` (plain-text tables).
+
+mod render;
+
+use crate::election::Role;
+use crate::router::{Browsed, RouterMsg, Stats};
+use crate::shutdown::Shutdown;
+use crossbeam_channel::{bounded, Sender};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Bound on reading a request and writing its answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest request head accepted.
+const MAX_REQUEST: usize = 8 * 1024;
+/// How long an answer from the router may take.
+const ROUTER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the status thread reads.
+pub struct Shared {
+    pub name: String,
+    pub started: Instant,
+    pub role: Arc<Role>,
+    /// The router's inbox while this broker is master.
+    pub router: Mutex<Option<Sender<RouterMsg>>>,
+}
+
+/// Bind `addr` and answer requests on a new thread until shutdown.
+pub fn spawn(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Arc<Shutdown>,
+) -> std::io::Result<JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    log::info!("status listening on {local}");
+    shutdown.add_wake(crate::server::wake_address(local));
+    std::thread::Builder::new()
+        .name("status".to_string())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                if shutdown.is_stopping() {
+                    return;
+                }
+                match stream {
+                    Ok(stream) => answer(stream, &shared),
+                    Err(e) => {
+                        log::warn!("status accept failed: {e}");
+                        shutdown.sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })
+}
+
+/// One HTTP answer.
+pub struct Response {
+    pub code: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Response {
+    fn new(code: u16, content_type: &'static str, body: String) -> Response {
+        Response {
+            code,
+            content_type,
+            body,
+        }
+    }
+
+    fn text(code: u16, body: String) -> Response {
+        Response::new(code, "text/plain; charset=utf-8", body)
+    }
+}
+
+fn answer(mut stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let response = match read_head(&mut stream) {
+        Ok(head) => route(&head, shared),
+        Err(problem) => Response::text(400, format!("{problem}\n")),
+    };
+    let reason = match response.code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        response.code,
+        response.content_type,
+        response.body.len()
+    );
+    let _ = stream
+        .write_all(head.as_bytes())
+        .and_then(|_| stream.write_all(response.body.as_bytes()));
+}
+
+/// The request line and headers, up to the blank line.
+fn read_head(stream: &mut TcpStream) -> Result<String, String> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let n = stream
+            .read(&mut buf)
+            .map_err(|e| format!("reading the request: {e}"))?;
+        if n == 0 {
+            return Err("the request ended early".to_string());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > MAX_REQUEST {
+            return Err(format!("request head over {MAX_REQUEST} bytes"));
+        }
+    }
+    String::from_utf8(head).map_err(|_| "the request is not UTF-8".to_string())
+}
+
+fn route(head: &str, shared: &Shared) -> Response {
+    let mut words = head.split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let role = shared.role.get();
+    match (method, path) {
+        ("GET", "/health") if role.master => Response::text(200, "master\n".to_string()),
+        ("GET", "/health") => Response::text(503, format!("slave (master: {})\n", role.holder)),
+        ("GET", "/status") => {
+            let json = render::status_json(shared, &role, &stats(shared));
+            Response::new(200, "application/json", json)
+        }
+        ("GET", "/metrics") => Response::new(
+            200,
+            "text/plain; version=0.0.4",
+            render::metrics(shared, &role, &stats(shared)),
+        ),
+        ("GET", "/admin/status") => {
+            Response::text(200, render::status_table(shared, &role, &stats(shared)))
+        }
+        ("GET", "/admin/queues") => match master_stats(shared, &role) {
+            Ok(stats) => Response::text(200, render::queues_table(&stats)),
+            Err(r) => r,
+        },
+        ("GET", "/admin/browse") => browse(shared, &role, query),
+        ("POST", "/admin/purge") => purge(shared, &role, query),
+        _ => Response::text(404, format!("no such endpoint: {method} {path}\n")),
+    }
+}
+
+/// The router's figures; empty on a slave (or when the router does not answer in time).
+fn stats(shared: &Shared) -> Stats {
+    ask(shared, RouterMsg::Stats).unwrap_or_default()
+}
+
+fn master_stats(shared: &Shared, role: &crate::election::RoleInfo) -> Result<Stats, Response> {
+    if !role.master {
+        return Err(not_master(role));
+    }
+    ask(shared, RouterMsg::Stats).ok_or_else(|| Response::text(503, "router busy\n".to_string()))
+}
+
+fn not_master(role: &crate::election::RoleInfo) -> Response {
+    Response::text(
+        503,
+        format!("this broker is a slave; the master is {}\n", role.holder),
+    )
+}
+
+/// Send the router a request built around a reply channel and wait (bounded) for the answer.
+fn ask<T>(shared: &Shared, request: impl FnOnce(Sender<T>) -> RouterMsg) -> Option<T> {
+    let router = shared.router.lock().ok()?.clone()?;
+    let (tx, rx) = bounded(1);
+    router.send_timeout(request(tx), ROUTER_TIMEOUT).ok()?;
+    rx.recv_timeout(ROUTER_TIMEOUT).ok()
+}
+
+fn destination_param(query: &str) -> Result<String, Response> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == "destination")
+        .map(|(_, v)| percent_decode(v))
+        .filter(|d| d.starts_with("/queue/"))
+        .ok_or_else(|| Response::text(400, "give ?destination=/queue/NAME\n".to_string()))
+}
+
+fn browse(shared: &Shared, role: &crate::election::RoleInfo, query: &str) -> Response {
+    if !role.master {
+        return not_master(role);
+    }
+    let destination = match destination_param(query) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let request = |reply| RouterMsg::Browse {
+        destination: destination.clone(),
+        limit: 100,
+        reply,
+    };
+    match ask::<Vec<Browsed>>(shared, request) {
+        Some(list) => Response::text(200, render::browse_table(&destination, &list)),
+        None => Response::text(503, "router busy\n".to_string()),
+    }
+}
+
+fn purge(shared: &Shared, role: &crate::election::RoleInfo, query: &str) -> Response {
+    if !role.master {
+        return not_master(role);
+    }
+    let destination = match destination_param(query) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let request = |reply| RouterMsg::Purge {
+        destination: destination.clone(),
+        reply,
+    };
+    match ask::<usize>(shared, request) {
+        Some(n) => Response::text(200, format!("purged {n} messages from {destination}\n")),
+        None => Response::text(503, "router busy\n".to_string()),
+    }
+}
+
+/// `%2Fqueue%2Fa` -> `/queue/a`; malformed escapes are kept as they are.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn decodes_query_values() {
+        assert_eq!(percent_decode("%2Fqueue%2Fa.b"), "/queue/a.b");
+        assert_eq!(percent_decode("/queue/x+y%zz%4"), "/queue/x y%zz%4");
+    }
+}

@@ -1,0 +1,230 @@
+//! Rendering the status figures: JSON, Prometheus text, and plain-text tables for the admin
+//! command. Pure functions of the figures; called on the status thread.
+
+use super::Shared;
+use crate::election::RoleInfo;
+use crate::router::{Browsed, Stats};
+use std::fmt::Write;
+
+fn role_name(role: &RoleInfo) -> &'static str {
+    if role.master {
+        "master"
+    } else {
+        "slave"
+    }
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+pub fn status_json(shared: &Shared, role: &RoleInfo, stats: &Stats) -> String {
+    let destinations: Vec<String> = stats
+        .destinations
+        .iter()
+        .map(|d| {
+            format!(
+                "{{\"name\":{},\"depth\":{},\"in_flight\":{},\"consumers\":{},\"enqueued\":{},\
+                 \"dequeued\":{},\"redelivered\":{},\"dead_lettered\":{}}}",
+                json_string(&d.name),
+                d.depth,
+                d.in_flight,
+                d.consumers,
+                d.counters.enqueued,
+                d.counters.dequeued,
+                d.counters.redelivered,
+                d.counters.dead_lettered
+            )
+        })
+        .collect();
+    format!(
+        "{{\"name\":{},\"role\":\"{}\",\"epoch\":{},\"holder\":{},\"uptime_seconds\":{},\
+         \"connections\":{},\"destinations\":[{}]}}\n",
+        json_string(&shared.name),
+        role_name(role),
+        role.epoch,
+        json_string(&role.holder),
+        shared.started.elapsed().as_secs(),
+        stats.connections,
+        destinations.join(",")
+    )
+}
+
+/// A Prometheus label value.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub fn metrics(shared: &Shared, role: &RoleInfo, stats: &Stats) -> String {
+    let mut out = String::new();
+    let gauges = [
+        (
+            "hamq_master",
+            "1 when this broker is master",
+            u64::from(role.master),
+        ),
+        (
+            "hamq_epoch",
+            "fencing epoch of the current master",
+            role.epoch,
+        ),
+        (
+            "hamq_uptime_seconds",
+            "seconds since start",
+            shared.started.elapsed().as_secs(),
+        ),
+        (
+            "hamq_connections",
+            "open client connections",
+            stats.connections as u64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    }
+    type Figure = fn(&crate::router::DestinationStats) -> u64;
+    let series: [(&str, &str, &str, Figure); 7] = [
+        ("hamq_destination_depth", "gauge", "messages waiting", |d| {
+            d.depth as u64
+        }),
+        (
+            "hamq_destination_in_flight",
+            "gauge",
+            "delivered, not acknowledged",
+            |d| d.in_flight as u64,
+        ),
+        (
+            "hamq_destination_consumers",
+            "gauge",
+            "subscriptions",
+            |d| d.consumers as u64,
+        ),
+        (
+            "hamq_destination_enqueued_total",
+            "counter",
+            "messages routed",
+            |d| d.counters.enqueued,
+        ),
+        (
+            "hamq_destination_dequeued_total",
+            "counter",
+            "messages acknowledged",
+            |d| d.counters.dequeued,
+        ),
+        (
+            "hamq_destination_redelivered_total",
+            "counter",
+            "redeliveries",
+            |d| d.counters.redelivered,
+        ),
+        (
+            "hamq_destination_dead_lettered_total",
+            "counter",
+            "moved to the DLQ",
+            |d| d.counters.dead_lettered,
+        ),
+    ];
+    for (name, kind, help, figure) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for d in &stats.destinations {
+            let _ = writeln!(
+                out,
+                "{name}{{destination=\"{}\"}} {}",
+                label(&d.name),
+                figure(d)
+            );
+        }
+    }
+    out
+}
+
+pub fn status_table(shared: &Shared, role: &RoleInfo, stats: &Stats) -> String {
+    format!(
+        "name         {}\nrole         {}\nmaster       {}\nepoch        {}\nuptime       {} s\n\
+         connections  {}\ndestinations {}\n",
+        shared.name,
+        role_name(role),
+        role.holder,
+        role.epoch,
+        shared.started.elapsed().as_secs(),
+        stats.connections,
+        stats.destinations.len()
+    )
+}
+
+pub fn queues_table(stats: &Stats) -> String {
+    let width = stats
+        .destinations
+        .iter()
+        .map(|d| d.name.len())
+        .max()
+        .unwrap_or(0)
+        .max("DESTINATION".len());
+    let mut out = format!(
+        "{:width$}  {:>8} {:>9} {:>9} {:>10} {:>10} {:>11} {:>13}\n",
+        "DESTINATION",
+        "DEPTH",
+        "IN-FLIGHT",
+        "CONSUMERS",
+        "ENQUEUED",
+        "DEQUEUED",
+        "REDELIVERED",
+        "DEAD-LETTERED"
+    );
+    for d in &stats.destinations {
+        let c = &d.counters;
+        let _ = writeln!(
+            out,
+            "{:width$}  {:>8} {:>9} {:>9} {:>10} {:>10} {:>11} {:>13}",
+            d.name,
+            d.depth,
+            d.in_flight,
+            d.consumers,
+            c.enqueued,
+            c.dequeued,
+            c.redelivered,
+            c.dead_lettered
+        );
+    }
+    out
+}
+
+pub fn browse_table(destination: &str, list: &[Browsed]) -> String {
+    let mut out = format!(
+        "{destination}: first {} waiting messages\n{:>12} {:>8} {:>12} {:>9}\n",
+        list.len(),
+        "MESSAGE-ID",
+        "PRIORITY",
+        "REDELIVERED",
+        "IN-MEMORY"
+    );
+    for m in list {
+        let resident = if m.resident { "yes" } else { "no" };
+        let id = crate::message::format_message_id(m.id);
+        let _ = writeln!(
+            out,
+            "{id:>12} {:>8} {:>12} {resident:>9}",
+            m.priority, m.redeliveries
+        );
+    }
+    out
+}

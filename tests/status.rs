@@ -1,0 +1,203 @@
+//! The status listener on master and slave: /health (200 vs 503), /status (JSON figures),
+//! /metrics (Prometheus text), and each admin command's output (`hamq status|queues|browse|purge`).
+
+mod common;
+
+use common::{free_port, shared_mariadb, Broker, Client, TIMEOUT};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+
+/// (status code, body) of one HTTP request.
+fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the status listener");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .expect("Content-Length")
+        .parse()
+        .unwrap();
+    assert_eq!(length, body.len(), "Content-Length");
+    (code, body.to_string())
+}
+
+/// Run `hamq COMMAND...` against the status listener on `port`.
+fn admin(port: u16, args: &[&str]) -> (bool, String) {
+    let config = std::env::temp_dir().join(format!("hamq-admin-{}.conf", std::process::id()));
+    std::fs::write(&config, format!("status_listen = 127.0.0.1:{port}\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hamq"))
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .env_remove("HAMQ_STATUS_LISTEN")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// Every non-comment line of a Prometheus text exposition is `name{labels} value`.
+fn check_prometheus(text: &str) -> Vec<(String, f64)> {
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# ") {
+            assert!(
+                rest.starts_with("HELP ") || rest.starts_with("TYPE "),
+                "{line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a sample line");
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "metric name {name}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "labels of {line}");
+        }
+        samples.push((series.to_string(), value.parse().expect("a number")));
+    }
+    samples
+}
+
+#[test]
+fn master_and_slave_report_their_role_and_figures() {
+    let url = shared_mariadb().create_database();
+    let (port_a, port_b) = (free_port(), free_port());
+    let a_status = format!("127.0.0.1:{port_a}");
+    let b_status = format!("127.0.0.1:{port_b}");
+    let a = Broker::start_with_name("sa", &url, &[("HAMQ_STATUS_LISTEN", &a_status)]);
+    let b = Broker::spawn_with_name("sb", &url, &[("HAMQ_STATUS_LISTEN", &b_status)]);
+    b.wait_for_log("waiting for the lock (held by sa", TIMEOUT);
+
+    let mut c = Client::connect(a.stomp_port());
+    for i in 0..3 {
+        c.send_with_receipt("/queue/st", format!("{i}"), &[]);
+    }
+    c.subscribe(
+        "/queue/st",
+        "s",
+        "client-individual",
+        &[("activemq.prefetchSize", "1")],
+    );
+    let m = c.recv(TIMEOUT);
+    c.send_frame_with_receipt("ACK", &[("id", m.header("ack").unwrap())], b"");
+    let _second = c.recv(TIMEOUT);
+
+    assert_eq!(
+        http(port_a, "GET", "/health"),
+        (200, "master\n".to_string())
+    );
+    assert_eq!(
+        http(port_b, "GET", "/health"),
+        (503, "slave (master: sa)\n".to_string())
+    );
+
+    let (code, json) = http(port_a, "GET", "/status");
+    assert_eq!(code, 200);
+    for part in [
+        "\"name\":\"sa\"",
+        "\"role\":\"master\"",
+        "\"epoch\":1",
+        "\"holder\":\"sa\"",
+        "\"connections\":1",
+        "{\"name\":\"/queue/st\",\"depth\":1,\"in_flight\":1,\"consumers\":1,\"enqueued\":3,\
+         \"dequeued\":1,\"redelivered\":0,\"dead_lettered\":0}",
+    ] {
+        assert!(json.contains(part), "{part} missing in {json}");
+    }
+    let (_, json) = http(port_b, "GET", "/status");
+    assert!(
+        json.contains("\"role\":\"slave\"") && json.contains("\"holder\":\"sa\""),
+        "{json}"
+    );
+
+    let (code, metrics) = http(port_a, "GET", "/metrics");
+    assert_eq!(code, 200);
+    let samples = check_prometheus(&metrics);
+    let value = |series: &str| samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v);
+    assert_eq!(value("hamq_master"), Some(1.0));
+    assert_eq!(
+        value("hamq_destination_depth{destination=\"/queue/st\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("hamq_destination_dequeued_total{destination=\"/queue/st\"}"),
+        Some(1.0)
+    );
+    let (_, slave_metrics) = http(port_b, "GET", "/metrics");
+    let slave = check_prometheus(&slave_metrics);
+    assert!(slave.contains(&("hamq_master".to_string(), 0.0)));
+    assert_eq!(http(port_a, "GET", "/nope").0, 404);
+}
+
+#[test]
+fn admin_commands_print_tables() {
+    let url = shared_mariadb().create_database();
+    let (port_a, port_b) = (free_port(), free_port());
+    let a_status = format!("127.0.0.1:{port_a}");
+    let b_status = format!("127.0.0.1:{port_b}");
+    let a = Broker::start_with_name("aa", &url, &[("HAMQ_STATUS_LISTEN", &a_status)]);
+    let b = Broker::spawn_with_name("ab", &url, &[("HAMQ_STATUS_LISTEN", &b_status)]);
+    b.wait_for_log("waiting for the lock (held by aa", TIMEOUT);
+    let mut c = Client::connect(a.stomp_port());
+    c.send_with_receipt("/queue/adm", "one", &[("priority", "7")]);
+    c.send_with_receipt("/queue/adm", "two", &[]);
+
+    let (ok, out) = admin(port_a, &["status"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("role         master") && out.contains("master       aa"),
+        "{out}"
+    );
+    let (ok, out) = admin(port_a, &["queues"]);
+    assert!(ok, "{out}");
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("/queue/adm"))
+        .expect("a row for /queue/adm")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row,
+        ["/queue/adm", "2", "0", "0", "2", "0", "0", "0"],
+        "{out}"
+    );
+    let (ok, out) = admin(port_a, &["browse", "/queue/adm"]);
+    assert!(ok, "{out}");
+    let priorities: Vec<&str> = out
+        .lines()
+        .skip(2)
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        priorities,
+        ["7", "4"],
+        "priorities in delivery order: {out}"
+    );
+    let (ok, out) = admin(port_a, &["purge", "/queue/adm"]);
+    assert!(ok, "{out}");
+    assert_eq!(out, "purged 2 messages from /queue/adm\n");
+    c.subscribe("/queue/adm", "s", "auto", &[]);
+    assert!(
+        c.try_recv(std::time::Duration::from_millis(300)).is_none(),
+        "purged message delivered"
+    );
+
+    let (ok, out) = admin(port_b, &["queues"]);
+    assert!(!ok);
+    assert!(out.contains("slave; the master is aa"), "{out}");
+    let (ok, out) = admin(port_a, &["browse"]);
+    assert!(!ok && out.contains("usage"), "{out}");
+    let (ok, out) = admin(free_port(), &["status"]);
+    assert!(!ok && out.contains("no broker answers"), "{out}");
+}
