@@ -183,6 +183,7 @@ fn hold(
             Err(RecvTimeoutError::Timeout) => {
                 let started = Instant::now();
                 if let Err(e) = held.keepalive() {
+                    held.abandon();
                     return shutdown.fail(format!("lost the lock: keep-alive failed: {e}"));
                 }
                 let took = started.elapsed();

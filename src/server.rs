@@ -105,9 +105,9 @@ fn serve(
     let on_failure = Box::new(move |e: StoreError| {
         // A broken connection or a moved epoch means the lock may be someone else's now.
         let why = match e {
-            StoreError::Unreachable(_) | StoreError::Deposed { .. } => {
-                format!("lost the lock: {e}")
-            }
+            StoreError::Unreachable(_)
+            | StoreError::Unconfirmed(_)
+            | StoreError::Deposed { .. } => format!("lost the lock: {e}"),
             _ => format!("store failure: {e}"),
         };
         fail.fail(why)

@@ -111,6 +111,12 @@ impl Held<'_> {
         Ok(())
     }
 
+    /// The connection broke: stop without the rollback that would wait on it (the server
+    /// already dropped the transaction, and the lock with it).
+    pub fn abandon(self) {
+        super::abandon(self.tx);
+    }
+
     /// Give the lock up at once: a waiting slave gets it the moment this returns.
     pub fn release(self) -> Result<(), StoreError> {
         self.tx.rollback()?;

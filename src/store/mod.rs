@@ -100,6 +100,8 @@ pub enum StoreError {
     Stopped,
     /// Another broker took over: the epoch moved on from ours. Nothing may be written.
     Deposed { ours: u64, current: u64 },
+    /// COMMIT was sent but not confirmed: the batch may or may not have committed.
+    Unconfirmed(String),
 }
 
 impl fmt::Display for StoreError {
@@ -109,6 +111,12 @@ impl fmt::Display for StoreError {
             StoreError::Sql(e) => write!(f, "datastore error: {e}"),
             StoreError::Unfit(e) => write!(f, "datastore not usable: {e}"),
             StoreError::Stopped => write!(f, "store writer stopped"),
+            StoreError::Unconfirmed(e) => {
+                write!(
+                    f,
+                    "the commit was not confirmed, it may or may not have happened: {e}"
+                )
+            }
             StoreError::Deposed { ours, current } => write!(
                 f,
                 "deposed: the datastore's epoch is {current}, ours was {ours}"
@@ -121,12 +129,32 @@ impl std::error::Error for StoreError {}
 
 impl From<mysql::Error> for StoreError {
     fn from(e: mysql::Error) -> StoreError {
-        if e.is_connectivity_error() {
+        use std::io::ErrorKind;
+        let io_kind = match &e {
+            mysql::Error::IoError(io) => Some(io.kind()),
+            mysql::Error::CodecError(codec) => std::error::Error::source(codec)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .map(std::io::Error::kind),
+            _ => None,
+        };
+        if matches!(io_kind, Some(ErrorKind::WouldBlock | ErrorKind::TimedOut)) {
+            StoreError::Unreachable(format!(
+                "no answer within the connection's read/write timeout ({e})"
+            ))
+        } else if e.is_connectivity_error() {
             StoreError::Unreachable(e.to_string())
         } else {
             StoreError::Sql(e.to_string())
         }
     }
+}
+
+/// Give up a transaction on a broken connection without the `ROLLBACK` its `Drop` would send:
+/// that would wait out another full read timeout before the broker can stop. The server rolls
+/// the transaction back itself when the connection goes; the connection is never used again
+/// (its owner stops), so forgetting the borrow-holding guard leaks nothing that matters.
+pub(crate) fn abandon(tx: mysql::Transaction<'_>) {
+    std::mem::forget(tx);
 }
 
 /// Open one connection with bounded socket calls and the session settings of the lease:

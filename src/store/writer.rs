@@ -108,7 +108,7 @@ impl Writer {
                     }
                 }
                 Err((error, dones)) => {
-                    log::error!("store write failed, nothing of the batch committed: {error}");
+                    log::error!("store write failed: {error}");
                     for done in dones {
                         done(Err(error.clone()));
                     }
@@ -142,7 +142,7 @@ impl Writer {
             }
         };
         if let Err(e) = lock::check_epoch(&mut tx, self.fence.epoch) {
-            let _ = tx.rollback();
+            give_up(tx, &e);
             for op in batch {
                 collect_done(op, out);
             }
@@ -163,14 +163,30 @@ impl Writer {
                 failure = Some(e);
             }
         }
+        let failure = match failure {
+            Some(e) => Some(e),
+            None => delete_messages(&mut tx, &out.deletes).err(),
+        };
         if let Some(e) = failure {
-            // Rolled back explicitly: Drop would swallow the error of the rollback.
-            let _ = tx.rollback();
+            give_up(tx, &e);
             return Err(e);
         }
-        delete_messages(&mut tx, &out.deletes)?;
-        tx.commit()?;
-        Ok(())
+        tx.commit().map_err(|e| match StoreError::from(e) {
+            // The reply to COMMIT was lost: the batch may have committed.
+            StoreError::Unreachable(e) => StoreError::Unconfirmed(e),
+            other => other,
+        })
+    }
+}
+
+/// End a failed transaction: rolled back explicitly when the connection works (`Drop` would
+/// swallow the rollback's error), abandoned when it is broken (see `store::abandon`).
+fn give_up(tx: Transaction<'_>, error: &StoreError) {
+    match error {
+        StoreError::Unreachable(_) => super::abandon(tx),
+        _ => {
+            let _ = tx.rollback();
+        }
     }
 }
 
