@@ -7,14 +7,10 @@
 
 mod common;
 
-use common::{free_port, shared_mariadb, Broker, Client, MariaDb};
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use common::{free_port, shared_mariadb, Broker, Client, Load, MariaDb, QUEUE};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-const QUEUE: &str = "/queue/ha";
 /// Lease for these tests (seconds): short, so freeze tests stay quick.
 const LEASE: &str = "3";
 const STEP: Duration = Duration::from_secs(5);
@@ -53,6 +49,12 @@ impl Pair {
         self.brokers[i] = Some(Broker::spawn_with_name(&self.names[i], &self.url, &env));
     }
 
+    /// Where the load's clients reach the two brokers.
+    fn addrs(&self) -> [SocketAddr; 2] {
+        self.ports
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
     fn broker(&mut self, i: usize) -> &mut Broker {
         self.brokers[i].as_mut().expect("broker running")
     }
@@ -80,195 +82,6 @@ impl Pair {
     }
 }
 
-/// What the clients saw, checked at the end.
-#[derive(Default)]
-struct Ledger {
-    receipted: Mutex<HashSet<String>>,
-    /// Delivered at least once (an ACK whose receipt died with a broker may have committed).
-    received: Mutex<HashSet<String>>,
-    /// Acknowledged with a RECEIPT: must never be delivered again.
-    acked: Mutex<HashSet<String>>,
-    violations: Mutex<Vec<String>>,
-    sent: AtomicUsize,
-}
-
-impl Ledger {
-    fn violation(&self, what: String) {
-        eprintln!("VIOLATION: {what}");
-        self.violations.lock().unwrap().push(what);
-    }
-}
-
-/// A CONNECTed client to whichever broker answers, within 30 s.
-fn connect_any(ports: [u16; 2], ledger: &Ledger) -> Option<Client> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        for port in ports {
-            if let Some(c) = Client::try_connect(port, Duration::from_millis(300)) {
-                return Some(c);
-            }
-        }
-    }
-    ledger.violation("no broker answered CONNECT for 30 s".to_string());
-    None
-}
-
-struct Load {
-    stop: Arc<AtomicBool>,
-    ledger: Arc<Ledger>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(ports: [u16; 2]) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ledger = Arc::new(Ledger::default());
-        let mut threads = Vec::new();
-        for id in 0..2 {
-            let (stop, ledger) = (stop.clone(), ledger.clone());
-            threads.push(std::thread::spawn(move || {
-                produce(id, ports, &stop, &ledger)
-            }));
-        }
-        let (s, l) = (stop.clone(), ledger.clone());
-        threads.push(std::thread::spawn(move || consume(ports, &s, &l)));
-        let (s, l) = (stop.clone(), ledger.clone());
-        threads.push(std::thread::spawn(move || probe(ports, &s, &l)));
-        Load {
-            stop,
-            ledger,
-            threads,
-        }
-    }
-
-    /// Wait until `n` more messages got their receipt.
-    fn progress(&self, n: usize) {
-        let target = self.ledger.receipted.lock().unwrap().len() + n;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.ledger.receipted.lock().unwrap().len() < target {
-            assert!(Instant::now() < deadline, "load made no progress for 60 s");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Stop producing, let the consumer drain everything receipted, then check the ledger.
-    fn finish(self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads {
-            t.join().expect("a load thread panicked");
-        }
-        let ledger = &self.ledger;
-        let receipted = ledger.receipted.lock().unwrap();
-        let received = ledger.received.lock().unwrap();
-        let acked = ledger.acked.lock().unwrap();
-        let lost: Vec<&String> = receipted.difference(&received).collect();
-        let violations = ledger.violations.lock().unwrap();
-        assert!(
-            lost.is_empty(),
-            "{} receipted messages lost: {lost:?}",
-            lost.len()
-        );
-        assert!(violations.is_empty(), "violations: {violations:?}");
-        assert!(
-            receipted.len() > 100,
-            "too little traffic: {}",
-            receipted.len()
-        );
-        eprintln!(
-            "load: {} sent, {} receipted, {} received, {} acked, 0 lost",
-            ledger.sent.load(Ordering::SeqCst),
-            receipted.len(),
-            received.len(),
-            acked.len()
-        );
-    }
-}
-
-fn produce(id: usize, ports: [u16; 2], stop: &AtomicBool, ledger: &Ledger) {
-    let mut n = 0;
-    while !stop.load(Ordering::SeqCst) {
-        let Some(mut c) = connect_any(ports, ledger) else {
-            return;
-        };
-        while !stop.load(Ordering::SeqCst) {
-            let body = format!("p{id}-{n}");
-            n += 1;
-            ledger.sent.fetch_add(1, Ordering::SeqCst);
-            let headers = [("destination", QUEUE), ("persistent", "true")];
-            match c.try_with_receipt("SEND", &headers, body.as_bytes(), STEP) {
-                Ok(_) => {
-                    ledger.receipted.lock().unwrap().insert(body);
-                }
-                Err(_) => break,
-            }
-        }
-    }
-}
-
-/// Consume and ack each message with a receipt until stopped and every receipted one arrived.
-fn consume(ports: [u16; 2], stop: &AtomicBool, ledger: &Ledger) {
-    let drained = || {
-        let receipted = ledger.receipted.lock().unwrap();
-        let received = ledger.received.lock().unwrap();
-        receipted.is_subset(&received)
-    };
-    let mut done_after: Option<Instant> = None;
-    loop {
-        let Some(mut c) = connect_any(ports, ledger) else {
-            return;
-        };
-        let sub = [
-            ("destination", QUEUE),
-            ("id", "s"),
-            ("ack", "client-individual"),
-        ];
-        if c.try_with_receipt("SUBSCRIBE", &sub, b"", STEP).is_err() {
-            continue;
-        }
-        loop {
-            if stop.load(Ordering::SeqCst) && drained() {
-                return;
-            }
-            if stop.load(Ordering::SeqCst) {
-                let since = *done_after.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_secs(30) {
-                    return; // finish() reports what is missing
-                }
-            }
-            match c.try_next(Duration::from_millis(200)) {
-                Ok(None) => {}
-                Ok(Some(m)) if m.command == "MESSAGE" => {
-                    let body = m.text();
-                    if ledger.acked.lock().unwrap().contains(&body) {
-                        ledger.violation(format!("acked message {body} delivered again"));
-                    }
-                    ledger.received.lock().unwrap().insert(body.clone());
-                    let ack = m.header("ack").unwrap_or_default().to_string();
-                    if c.try_with_receipt("ACK", &[("id", &ack)], b"", STEP)
-                        .is_err()
-                    {
-                        break;
-                    }
-                    ledger.acked.lock().unwrap().insert(body);
-                }
-                Ok(Some(_)) | Err(_) => break,
-            }
-        }
-    }
-}
-
-/// CONNECT to both brokers over and over: never may both answer.
-fn probe(ports: [u16; 2], stop: &AtomicBool, ledger: &Ledger) {
-    while !stop.load(Ordering::SeqCst) {
-        let a = Client::try_connect(ports[0], Duration::from_millis(300)).is_some();
-        let b = Client::try_connect(ports[1], Duration::from_millis(300)).is_some();
-        if a && b {
-            ledger.violation("both brokers answered CONNECT".to_string());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn slave_opens_no_port_and_names_the_holder() {
     let url = shared_mariadb().create_database();
@@ -287,7 +100,7 @@ fn slave_opens_no_port_and_names_the_holder() {
 fn kill_9_of_the_master() {
     let url = shared_mariadb().create_database();
     let mut pair = Pair::start(&url);
-    let load = Load::start(pair.ports);
+    let load = Load::start(pair.addrs());
     load.progress(200);
     pair.broker(0).kill9();
     let took = pair.await_master(1, STEP);
@@ -305,7 +118,7 @@ fn kill_9_of_the_master() {
 fn sigterm_of_the_master_hands_over_at_once() {
     let url = shared_mariadb().create_database();
     let mut pair = Pair::start(&url);
-    let load = Load::start(pair.ports);
+    let load = Load::start(pair.addrs());
     load.progress(200);
     pair.broker(0).sigterm();
     let took = pair.await_master(1, STEP);
@@ -320,7 +133,7 @@ fn sigterm_of_the_master_hands_over_at_once() {
 fn frozen_master_loses_the_lock_and_steps_down_when_resumed() {
     let url = shared_mariadb().create_database();
     let mut pair = Pair::start(&url);
-    let load = Load::start(pair.ports);
+    let load = Load::start(pair.addrs());
     load.progress(200);
     pair.broker(0).sigstop();
     let took = pair.await_master(1, Duration::from_secs(3 + 5));
@@ -339,7 +152,7 @@ fn frozen_master_loses_the_lock_and_steps_down_when_resumed() {
 fn ping_pong_of_ten_failovers() {
     let url = shared_mariadb().create_database();
     let mut pair = Pair::start(&url);
-    let load = Load::start(pair.ports);
+    let load = Load::start(pair.addrs());
     for round in 0..10 {
         let (master, slave) = (round % 2, 1 - round % 2);
         load.progress(50);
@@ -359,7 +172,7 @@ fn database_restart_gives_exactly_one_master() {
     let mut db = MariaDb::start();
     let url = db.create_database();
     let mut pair = Pair::start(&url);
-    let load = Load::start(pair.ports);
+    let load = Load::start(pair.addrs());
     load.progress(200);
     db.kill9();
     pair.broker(0).wait_for_log("lost the lock", STEP);
@@ -387,4 +200,32 @@ fn database_restart_gives_exactly_one_master() {
     pair.broker(other).wait_for_log(&holder, STEP * 2);
     load.progress(200);
     load.finish();
+}
+
+#[test]
+fn the_documented_privileges_are_enough() {
+    use mysql::prelude::Queryable;
+    let db = shared_mariadb();
+    let url = db.create_database();
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let user = format!("{name}_u");
+    let mut root = db.root_conn();
+    for host in ["127.0.0.1", "localhost"] {
+        root.query_drop(format!("CREATE USER '{user}'@'{host}' IDENTIFIED BY 'pw'"))
+            .unwrap();
+        // Exactly the grant the README gives.
+        root.query_drop(format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE ON `{name}`.* TO '{user}'@'{host}'"
+        ))
+        .unwrap();
+    }
+    let url = format!("mysql://{user}:pw@127.0.0.1:{}/{name}", db.port());
+    let mut pair = Pair::start(&url);
+    let mut c = Client::connect(pair.ports[0]);
+    c.send_with_receipt(QUEUE, "kept", &[]);
+    pair.broker(0).kill9();
+    pair.await_master(1, STEP);
+    let mut c = Client::connect(pair.ports[1]);
+    c.subscribe(QUEUE, "s", "auto", &[]);
+    assert_eq!(c.recv(STEP).text(), "kept");
 }

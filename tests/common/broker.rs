@@ -36,6 +36,8 @@ struct Log {
 #[derive(Default)]
 struct LogState {
     lines: Vec<String>,
+    /// When each line of `lines` was read from the broker's output (same index).
+    times: Vec<Instant>,
     open_streams: usize,
 }
 
@@ -59,12 +61,32 @@ impl Broker {
     /// then `extra_env`, which overrides them; inherited `HAMQ_*` variables are removed.
     /// Args: `--config <empty file>`, so no repository config leaks in.
     pub fn spawn_with_name(name: &str, datastore_url: &str, extra_env: &[(&str, &str)]) -> Broker {
+        Self::spawn_wrapped(&[], name, datastore_url, extra_env)
+    }
+
+    /// Like [`Broker::spawn_with_name`], but runs the binary through the command `wrapper`
+    /// (e.g. `["ip", "netns", "exec", NS]`), which must exec it in place so that the PID is the
+    /// broker's own. An empty `wrapper` runs the binary directly.
+    pub fn spawn_wrapped(
+        wrapper: &[String],
+        name: &str,
+        datastore_url: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Broker {
         static SWEEP: OnceLock<()> = OnceLock::new();
         SWEEP.get_or_init(|| process::sweep_stale(&std::env::temp_dir(), CONFIG_PREFIX));
         let config =
             std::env::temp_dir().join(format!("{CONFIG_PREFIX}{}.conf", process::unique_id()));
         fs::write(&config, "").unwrap_or_else(|e| panic!("create {}: {e}", config.display()));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hamq"));
+        let binary = env!("CARGO_BIN_EXE_hamq");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary);
+                cmd
+            }
+            None => Command::new(binary),
+        };
         cmd.arg("--config").arg(&config);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("HAMQ_") {
@@ -150,6 +172,19 @@ impl Broker {
         }
     }
 
+    /// Like [`Broker::wait_for_log`], but returns when the test read that line from the
+    /// broker's output (for measuring intervals between events of different processes).
+    pub fn wait_for_log_time(&self, needle: &str, timeout: Duration) -> Instant {
+        self.wait_for_log(needle, timeout);
+        let state = self.log.lock();
+        let i = state
+            .lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .expect("a line seen stays in the log");
+        state.times[i]
+    }
+
     /// How many log lines so far contain `needle`.
     pub fn count_log(&self, needle: &str) -> usize {
         self.log
@@ -222,7 +257,10 @@ fn capture(name: &str, stream: impl Read + Send + 'static, log: &Arc<Log>) {
                     .trim_end_matches(['\r', '\n'])
                     .to_string();
                 eprintln!("[{name}] {line}");
-                log.lock().lines.push(line);
+                let mut state = log.lock();
+                state.lines.push(line);
+                state.times.push(Instant::now());
+                drop(state);
                 log.changed.notify_all();
                 buf.clear();
             }

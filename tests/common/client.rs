@@ -262,7 +262,11 @@ impl Client {
     /// CONNECT to 127.0.0.1:`port` as guest/guest (1.2) without panicking: `None` unless
     /// CONNECTED arrives within `timeout` (refused, no answer, ERROR). For failover tests.
     pub fn try_connect(port: u16, timeout: Duration) -> Option<Client> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        Self::try_connect_addr(SocketAddr::from(([127, 0, 0, 1], port)), timeout)
+    }
+
+    /// [`Client::try_connect`] to any address, e.g. a broker inside a network namespace.
+    pub fn try_connect_addr(addr: SocketAddr, timeout: Duration) -> Option<Client> {
         let stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
         stream.set_nodelay(true).ok()?;
         let mut client = Client {

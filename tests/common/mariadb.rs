@@ -22,12 +22,23 @@ pub struct MariaDb {
     port: u16,
     dir: PathBuf,
     mariadbd: PathBuf,
+    /// `--bind-address`: `127.0.0.1` unless started with [`MariaDb::start_bound`].
+    bind_address: String,
 }
 
 impl MariaDb {
     /// Initialises a fresh datadir, starts the server on a free port, waits until root can log
     /// in over TCP (60 s), and creates the user `hamq`/`hamq` with all privileges.
     pub fn start() -> MariaDb {
+        Self::start_bound("127.0.0.1")
+    }
+
+    /// Like [`MariaDb::start`], listening on `bind_address`: a comma-separated list of local
+    /// addresses (MariaDB 10.11+), e.g. `127.0.0.1,10.231.0.1` to be reachable from a network
+    /// namespace too. Each must be configured when the server starts; keep `127.0.0.1` in the
+    /// list (the harness connects as root through it). Remote clients also need
+    /// [`MariaDb::allow_hamq_from`].
+    pub fn start_bound(bind_address: &str) -> MariaDb {
         static SWEEP: OnceLock<()> = OnceLock::new();
         SWEEP.get_or_init(|| process::sweep_stale(&std::env::temp_dir(), DIR_PREFIX));
         let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}", process::unique_id()));
@@ -42,6 +53,7 @@ impl MariaDb {
             port: 0,
             dir,
             mariadbd: find_binary("mariadbd"),
+            bind_address: bind_address.to_string(),
         };
         db.install();
         db.launch_on_free_port();
@@ -189,7 +201,7 @@ impl MariaDb {
             .arg(format!("--datadir={}", self.datadir().display()))
             .arg(format!("--tmpdir={}", self.dir.join("tmp").display()))
             .arg(format!("--port={port}"))
-            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--bind-address={}", self.bind_address))
             .arg(format!("--socket={}", self.socket_path().display()))
             .arg(format!(
                 "--pid-file={}",
@@ -247,6 +259,17 @@ impl MariaDb {
                 self.port
             ),
         }
+    }
+
+    /// Lets `hamq`/`hamq` log in from the client address `host` too (name resolution is off,
+    /// so this is an IP address or a pattern such as `10.231.%`).
+    pub fn allow_hamq_from(&self, host: &str) {
+        let mut conn = self.root_conn();
+        conn.query_drop(format!(
+            "CREATE USER IF NOT EXISTS 'hamq'@'{host}' IDENTIFIED BY 'hamq'"
+        ))
+        .and_then(|_| conn.query_drop(format!("GRANT ALL ON *.* TO 'hamq'@'{host}'")))
+        .unwrap_or_else(|e| panic!("creating user hamq@{host}: {e}"));
     }
 
     fn create_hamq_user(&self) {

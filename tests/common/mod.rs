@@ -6,6 +6,8 @@
 //! - [`Broker`]: the real `hamq` binary with env configuration and a captured log.
 //! - [`Client`] and [`Frame`]: a minimal STOMP client with its own parser, independent of the
 //!   crate's codec, so a codec bug cannot hide itself in the tests.
+//! - [`Load`]: the failover tests' producers, consumer and CONNECT probe, and their checks.
+//! - [`NetNs`]: a network namespace joined to the host by veth pairs, for network cuts.
 //!
 //! Every process started here is stopped by PID by a guard whose `Drop` kills and waits, also
 //! when the test fails, and gets SIGKILL if the test process dies abruptly (see `process`).
@@ -18,12 +20,17 @@
 
 mod broker;
 mod client;
+mod load;
 mod mariadb;
+mod netns;
 mod process;
+pub mod supervise;
 
 pub use broker::Broker;
 pub use client::{Client, Frame, TIMEOUT};
+pub use load::{Ledger, Load, QUEUE};
 pub use mariadb::{shared_mariadb, MariaDb};
+pub use netns::{Cut, NetNs, Veth};
 pub use process::free_port;
 
 use std::process::{Command, Stdio};
