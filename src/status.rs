@@ -196,11 +196,16 @@ fn destination_param(query: &str) -> Result<String, Response> {
         .ok_or_else(|| Response::text(400, "give ?destination=/queue/NAME\n".to_string()))
 }
 
-fn browse(shared: &Shared, role: &crate::election::RoleInfo, query: &str) -> Response {
+/// The queue an admin request on the master names.
+fn admin_queue(role: &crate::election::RoleInfo, query: &str) -> Result<String, Response> {
     if !role.master {
-        return not_master(role);
+        return Err(not_master(role));
     }
-    let destination = match destination_param(query) {
+    destination_param(query)
+}
+
+fn browse(shared: &Shared, role: &crate::election::RoleInfo, query: &str) -> Response {
+    let destination = match admin_queue(role, query) {
         Ok(d) => d,
         Err(r) => return r,
     };
@@ -216,10 +221,7 @@ fn browse(shared: &Shared, role: &crate::election::RoleInfo, query: &str) -> Res
 }
 
 fn purge(shared: &Shared, role: &crate::election::RoleInfo, query: &str) -> Response {
-    if !role.master {
-        return not_master(role);
-    }
-    let destination = match destination_param(query) {
+    let destination = match admin_queue(role, query) {
         Ok(d) => d,
         Err(r) => return r,
     };
