@@ -84,7 +84,9 @@ pub(super) fn prepare(conn: &mut Conn) -> Result<(), StoreError> {
                 "schema version {v} is newer than this hamq ({SCHEMA_VERSION}); upgrade hamq"
             )))
         }
-        Some(_) => {}
+        // Migrations from older versions will be applied (and logged, one line each) here; the
+        // schema has had one version so far.
+        Some(v) => log::info!("schema version {v} is current"),
     }
     Ok(())
 }
