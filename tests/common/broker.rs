@@ -1,14 +1,13 @@
 //! The real `hamq` binary, configured by env, with its output captured line by line.
 
-use super::process::{self, kill_and_wait, tail};
+use super::output::Output;
+use super::process::{self, kill_and_wait};
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::thread;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The line the broker logs once it accepts STOMP connections; the address follows it.
@@ -21,24 +20,10 @@ const CONFIG_PREFIX: &str = "hamq-harness-conf-";
 pub struct Broker {
     name: String,
     child: Child,
-    log: Arc<Log>,
+    /// stdout and stderr, read line by line.
+    log: Arc<Output>,
     stomp_port: OnceLock<u16>,
     config: PathBuf,
-}
-
-/// The broker's stdout and stderr lines, and how many of the two streams are still open.
-#[derive(Default)]
-struct Log {
-    state: Mutex<LogState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct LogState {
-    lines: Vec<String>,
-    /// When each line of `lines` was read from the broker's output (same index).
-    times: Vec<Instant>,
-    open_streams: usize,
 }
 
 impl Broker {
@@ -103,9 +88,9 @@ impl Broker {
             .stderr(Stdio::piped());
         let mut child =
             process::spawn(cmd).unwrap_or_else(|e| panic!("cannot spawn the hamq binary: {e}"));
-        let log = Arc::new(Log::default());
-        capture(name, child.stdout.take().expect("piped stdout"), &log);
-        capture(name, child.stderr.take().expect("piped stderr"), &log);
+        let log = Output::new(name);
+        log.capture(child.stdout.take().expect("piped stdout"));
+        log.capture(child.stderr.take().expect("piped stderr"));
         Broker {
             name: name.to_string(),
             child,
@@ -135,64 +120,24 @@ impl Broker {
 
     /// Every line the broker wrote so far (stdout and stderr interleaved as read).
     pub fn log_lines(&self) -> Vec<String> {
-        self.log.lock().lines.clone()
+        self.log.lines()
     }
 
     /// The first line (from the start of the log) containing `needle`. Panics with the log's
     /// tail on timeout, or as soon as the broker's output has closed without such a line.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.log.lock();
-        loop {
-            if let Some(line) = state.lines.iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            let now = Instant::now();
-            if state.open_streams == 0 || now >= deadline {
-                let why = if now >= deadline {
-                    format!("timed out after {timeout:?}")
-                } else {
-                    "its output closed (it exited)".to_string()
-                };
-                let log = tail(&state.lines, 40);
-                drop(state);
-                panic!(
-                    "broker {} (pid {}): {why} waiting for a log line containing {needle:?}; \
-                     last log lines:\n{log}",
-                    self.name,
-                    self.pid()
-                );
-            }
-            state = self
-                .log
-                .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        self.wait_for_first(needle, timeout).0
     }
 
     /// Like [`Broker::wait_for_log`], but returns when the test read that line from the
     /// broker's output (for measuring intervals between events of different processes).
     pub fn wait_for_log_time(&self, needle: &str, timeout: Duration) -> Instant {
-        self.wait_for_log(needle, timeout);
-        let state = self.log.lock();
-        let i = state
-            .lines
-            .iter()
-            .position(|l| l.contains(needle))
-            .expect("a line seen stays in the log");
-        state.times[i]
+        self.wait_for_first(needle, timeout).1
     }
 
     /// How many log lines so far contain `needle`.
     pub fn count_log(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .lines
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
+        self.log.count(needle)
     }
 
     /// SIGKILL by PID and reap.
@@ -221,6 +166,22 @@ impl Broker {
         })
     }
 
+    /// The first line containing `needle` and when it was read; panics naming the broker.
+    fn wait_for_first(&self, needle: &str, timeout: Duration) -> (String, Instant) {
+        self.log
+            .try_wait_for_nth(needle, 1, timeout)
+            .unwrap_or_else(|missed| {
+                panic!(
+                    "broker {} (pid {}): {} waiting for a log line containing {needle:?}; \
+                     last log lines:\n{}",
+                    self.name,
+                    self.pid(),
+                    missed.why("its output closed (it exited)"),
+                    missed.tail
+                )
+            })
+    }
+
     /// Signals only a not yet reaped child, so the PID cannot belong to another process.
     fn signal(&mut self, sig: libc::c_int) {
         if let Ok(None) = self.child.try_wait() {
@@ -234,40 +195,6 @@ impl Drop for Broker {
         kill_and_wait(&mut self.child);
         let _ = fs::remove_file(&self.config);
     }
-}
-
-impl Log {
-    fn lock(&self) -> MutexGuard<'_, LogState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Reads `stream` line by line into `log`, echoing each line to the test's stderr (captured
-/// by the test harness and shown when the test fails).
-fn capture(name: &str, stream: impl Read + Send + 'static, log: &Arc<Log>) {
-    log.lock().open_streams += 1;
-    let (name, log) = (name.to_string(), Arc::clone(log));
-    thread::Builder::new()
-        .name(format!("{name}-log"))
-        .spawn(move || {
-            let mut reader = BufReader::new(stream);
-            let mut buf = Vec::new();
-            while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
-                let line = String::from_utf8_lossy(&buf)
-                    .trim_end_matches(['\r', '\n'])
-                    .to_string();
-                eprintln!("[{name}] {line}");
-                let mut state = log.lock();
-                state.lines.push(line);
-                state.times.push(Instant::now());
-                drop(state);
-                log.changed.notify_all();
-                buf.clear();
-            }
-            log.lock().open_streams -= 1;
-            log.changed.notify_all();
-        })
-        .expect("cannot start a log reader thread");
 }
 
 /// The port in `... listening for STOMP on 127.0.0.1:PORT ...`.

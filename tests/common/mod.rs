@@ -23,6 +23,7 @@ mod client;
 mod load;
 mod mariadb;
 mod netns;
+mod output;
 mod process;
 pub mod supervise;
 

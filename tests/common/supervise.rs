@@ -1,6 +1,7 @@
 //! Helpers for the tests that run hamq the way operators do, through the repository's `run`
 //! script rather than as the harness's bare [`Broker`](super::Broker):
-//! - [`Output`]: a process's output lines as they are written, with the time each was read.
+//! - [`Output`]: a process's output lines as they are written, with the time each was read
+//!   (re-exported from `output`).
 //! - [`Captured`]: a spawned process with its output captured; Drop SIGKILLs it by PID.
 //! - [`TempDir`]: a throwaway directory, removed on Drop (and by later runs if ours was killed).
 //! - [`daemontools`]: finds `supervise`, `svc`, `svstat` and `svok`, installing Debian's
@@ -8,134 +9,13 @@
 //! - [`Supervise`]: `supervise DIR` with its output captured; Drop brings the service down and
 //!   stops supervise (`svc -dx`, then `svc -k`, then SIGKILL of supervise by PID).
 
-use super::process::{self, kill_and_wait, tail};
+pub use super::output::Output;
+use super::process::{self, kill_and_wait};
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::thread;
-use std::time::{Duration, Instant, SystemTime};
-
-/// The output lines of a process (stdout and stderr interleaved as read).
-pub struct Output {
-    name: String,
-    state: Mutex<OutputState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct OutputState {
-    lines: Vec<String>,
-    /// When each line of `lines` was read (same index).
-    times: Vec<Instant>,
-    open_streams: usize,
-}
-
-impl Output {
-    /// An empty output; `name` prefixes the lines echoed to the test's stderr.
-    pub fn new(name: &str) -> Arc<Output> {
-        Arc::new(Output {
-            name: name.to_string(),
-            state: Mutex::new(OutputState::default()),
-            changed: Condvar::new(),
-        })
-    }
-
-    /// Reads `stream` line by line into this output on a thread of its own, echoing each line
-    /// to the test's stderr (shown when the test fails).
-    pub fn capture(self: &Arc<Self>, stream: impl Read + Send + 'static) {
-        self.lock().open_streams += 1;
-        let output = Arc::clone(self);
-        thread::Builder::new()
-            .name(format!("{}-output", self.name))
-            .spawn(move || {
-                let mut reader = BufReader::new(stream);
-                let mut buf = Vec::new();
-                while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
-                    let line = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string();
-                    eprintln!("[{}] {line}", output.name);
-                    let mut state = output.lock();
-                    state.lines.push(line);
-                    state.times.push(Instant::now());
-                    drop(state);
-                    output.changed.notify_all();
-                    buf.clear();
-                }
-                output.lock().open_streams -= 1;
-                output.changed.notify_all();
-            })
-            .expect("cannot start an output reader thread");
-    }
-
-    /// Every line so far.
-    pub fn lines(&self) -> Vec<String> {
-        self.lock().lines.clone()
-    }
-
-    /// How many lines so far contain `needle`.
-    pub fn count(&self, needle: &str) -> usize {
-        self.lock()
-            .lines
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    /// The last `n` lines, indented, for panic messages.
-    pub fn tail(&self, n: usize) -> String {
-        tail(&self.lock().lines, n)
-    }
-
-    /// The first line containing `needle` (see [`Output::wait_for_nth`]).
-    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
-        self.wait_for_nth(needle, 1, timeout).0
-    }
-
-    /// Waits until `n` lines contain `needle`; returns the `n`-th such line and when it was
-    /// read. Panics with the output's tail on timeout, or as soon as every stream has closed
-    /// without it.
-    pub fn wait_for_nth(&self, needle: &str, n: usize, timeout: Duration) -> (String, Instant) {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.lock();
-        loop {
-            let found = state
-                .lines
-                .iter()
-                .zip(&state.times)
-                .filter(|(line, _)| line.contains(needle))
-                .nth(n - 1);
-            if let Some((line, time)) = found {
-                return (line.clone(), *time);
-            }
-            let now = Instant::now();
-            if state.open_streams == 0 || now >= deadline {
-                let why = if now >= deadline {
-                    format!("timed out after {timeout:?}")
-                } else {
-                    "its output closed".to_string()
-                };
-                let log = tail(&state.lines, 40);
-                drop(state);
-                panic!(
-                    "{}: {why} waiting for line #{n} containing {needle:?}; last lines:\n{log}",
-                    self.name
-                );
-            }
-            state = self
-                .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, OutputState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 /// A process spawned with stdout and stderr captured into an [`Output`]. Drop SIGKILLs it by
 /// PID (if not reaped yet) and reaps it.
