@@ -1,0 +1,265 @@
+//! The command line: `--key value` (or `--key=value`) flags parsed by hand into [`Options`],
+//! with validation and the `--help` text listing every flag and its default.
+
+use std::time::Duration;
+
+/// How consumers acknowledge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckMode {
+    Auto,
+    Client,
+    ClientIndividual,
+}
+
+impl AckMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckMode::Auto => "auto",
+            AckMode::Client => "client",
+            AckMode::ClientIndividual => "client-individual",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    pub host: String,
+    pub port: u16,
+    pub login: String,
+    pub passcode: String,
+    pub destination: String,
+    pub producers: u32,
+    pub consumers: u32,
+    pub size: usize,
+    /// Messages per producer; 0 = send for `duration`.
+    pub count: u64,
+    pub duration: Duration,
+    pub persistent: bool,
+    pub receipt: bool,
+    pub ack: AckMode,
+    pub prefetch: Option<u32>,
+    /// `-` = stdout.
+    pub json: Option<String>,
+    pub warmup: Duration,
+    pub drain: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            host: "127.0.0.1".into(),
+            port: 61613,
+            login: "guest".into(),
+            passcode: "guest".into(),
+            destination: "/queue/bench".into(),
+            producers: 1,
+            consumers: 1,
+            size: 1024,
+            count: 0,
+            duration: Duration::from_secs(10),
+            persistent: true,
+            receipt: false,
+            ack: AckMode::Auto,
+            prefetch: None,
+            json: None,
+            warmup: Duration::ZERO,
+            drain: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Options {
+    /// Topic destinations deliver every message to every consumer.
+    pub fn fanout(&self) -> u64 {
+        if self.destination.starts_with("/topic/") {
+            u64::from(self.consumers)
+        } else {
+            u64::from(self.consumers.min(1))
+        }
+    }
+}
+
+pub const HELP: &str = "\
+hamq-bench: a STOMP 1.2 load generator for any broker (hamq, ActiveMQ, ...)
+
+usage: hamq-bench [--key value]...
+
+  --host H             broker host                                   [127.0.0.1]
+  --port P             broker STOMP port                             [61613]
+  --login L            CONNECT login                                 [guest]
+  --passcode P         CONNECT passcode                              [guest]
+  --destination D      /queue/... or /topic/... (a topic fans out)   [/queue/bench]
+  --producers N        producer connections, one thread each (>= 1)  [1]
+  --consumers N        consumer connections, one thread each         [1]
+  --size BYTES         body size (at least the ~50-byte stamp line)  [1024]
+  --count N            messages per producer; 0 = send for --duration [0]
+  --duration SECS      sending time when --count is 0                [10]
+  --persistent BOOL    the SEND `persistent` header                  [true]
+  --receipt BOOL       a receipt per SEND, awaited before the next   [false]
+  --ack MODE           auto | client | client-individual (consumers
+                       ACK each message unless auto)                 [auto]
+  --prefetch N         activemq.prefetchSize on SUBSCRIBE            [broker default]
+  --warmup SECS        leave the first SECS out of rates/latencies   [0]
+  --drain SECS         how long consumers may keep receiving after
+                       the producers are done                        [10]
+  --json PATH          also write the JSON result to PATH (- = stdout)
+  --help               this text
+
+Prints a table (stdout) and, with --json, one JSON object; a progress line goes to stderr
+every 5 s on runs longer than 10 s. Exit status: 0 clean, 1 when there were errors,
+duplicates, missing or corrupt messages, 2 for a bad command line.";
+
+/// The options of a run, `Ok(None)` for `--help`, or what is wrong with the command line.
+pub fn parse(args: &[String]) -> Result<Option<Options>, String> {
+    let mut o = Options::default();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        if arg == "--help" || arg == "-h" {
+            return Ok(None);
+        }
+        let Some(flag) = arg.strip_prefix("--") else {
+            return Err(format!(
+                "unexpected argument `{arg}` (flags are --key value)"
+            ));
+        };
+        let (key, value) = match flag.split_once('=') {
+            Some((k, v)) => (k, v.to_string()),
+            None => {
+                i += 1;
+                let v = args
+                    .get(i)
+                    .ok_or_else(|| format!("--{flag} needs a value"))?;
+                (flag, v.clone())
+            }
+        };
+        set(&mut o, key, &value).map_err(|e| format!("--{key} {value}: {e}"))?;
+        i += 1;
+    }
+    validate(&o)?;
+    Ok(Some(o))
+}
+
+fn set(o: &mut Options, key: &str, v: &str) -> Result<(), String> {
+    match key {
+        "host" => o.host = v.to_string(),
+        "port" => o.port = number(v)?,
+        "login" => o.login = v.to_string(),
+        "passcode" => o.passcode = v.to_string(),
+        "destination" => o.destination = v.to_string(),
+        "producers" => o.producers = number(v)?,
+        "consumers" => o.consumers = number(v)?,
+        "size" => o.size = number(v)?,
+        "count" => o.count = number(v)?,
+        "duration" => o.duration = seconds(v)?,
+        "persistent" => o.persistent = boolean(v)?,
+        "receipt" => o.receipt = boolean(v)?,
+        "ack" => {
+            o.ack = match v {
+                "auto" => AckMode::Auto,
+                "client" => AckMode::Client,
+                "client-individual" => AckMode::ClientIndividual,
+                _ => return Err("expected auto, client or client-individual".into()),
+            }
+        }
+        "prefetch" => o.prefetch = Some(number(v)?).filter(|&n| n > 0),
+        "json" => o.json = Some(v.to_string()),
+        "warmup" => o.warmup = seconds(v)?,
+        "drain" => o.drain = seconds(v)?,
+        _ => return Err("unknown flag (see --help)".into()),
+    }
+    Ok(())
+}
+
+fn validate(o: &Options) -> Result<(), String> {
+    if o.producers == 0 {
+        return Err("--producers must be at least 1".into());
+    }
+    if o.count == 0 && o.duration.is_zero() {
+        return Err("give --count N or a --duration above 0".into());
+    }
+    if o.destination.is_empty() {
+        return Err("--destination is empty".into());
+    }
+    Ok(())
+}
+
+fn number<T: std::str::FromStr>(v: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| "not a whole number in range".to_string())
+}
+
+fn boolean(v: &str) -> Result<bool, String> {
+    match v {
+        "true" | "yes" | "1" => Ok(true),
+        "false" | "no" | "0" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+fn seconds(v: &str) -> Result<Duration, String> {
+    let s: f64 = v
+        .parse()
+        .map_err(|_| "not a number of seconds".to_string())?;
+    Duration::try_from_secs_f64(s).map_err(|_| "not a non-negative number of seconds".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        assert_eq!(parse(&[]), Ok(Some(Options::default())));
+        let Ok(Some(o)) = parse(&args(
+            "--port 61700 --destination=/topic/t --producers 2 --consumers 3 --count 500 \
+             --persistent false --receipt true --ack client-individual --prefetch 10 \
+             --json - --warmup 0.5",
+        )) else {
+            panic!("should parse")
+        };
+        assert_eq!(
+            (o.port, o.producers, o.consumers, o.count),
+            (61700, 2, 3, 500)
+        );
+        assert_eq!(
+            (o.persistent, o.receipt, o.ack),
+            (false, true, AckMode::ClientIndividual)
+        );
+        assert_eq!((o.prefetch, o.json.as_deref()), (Some(10), Some("-")));
+        assert_eq!(o.warmup, Duration::from_millis(500));
+        assert_eq!(o.fanout(), 3);
+    }
+
+    #[test]
+    fn queues_do_not_fan_out() {
+        let o = Options {
+            consumers: 4,
+            ..Options::default()
+        };
+        assert_eq!(o.fanout(), 1);
+        assert_eq!(Options { consumers: 0, ..o }.fanout(), 0);
+    }
+
+    #[test]
+    fn help_and_errors() {
+        assert_eq!(parse(&args("--count 3 --help")), Ok(None));
+        for bad in [
+            "--bogus 1",
+            "--port",
+            "--port x",
+            "--ack sometimes",
+            "--receipt maybe",
+            "--producers 0",
+            "--count 0 --duration 0",
+            "stray",
+            "--duration -1",
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad}");
+        }
+    }
+}
