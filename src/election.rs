@@ -14,15 +14,29 @@ use crate::shutdown::Shutdown;
 use crate::store::{self, lock, StoreError};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use mysql::Conn;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Who is master as this broker knows it, for the status endpoints: set by the election
 /// thread while waiting, and by the server once it took over.
-#[derive(Default)]
 pub struct Role {
     inner: Mutex<RoleInfo>,
+    /// Reference point for `renewed_ms`.
+    origin: Instant,
+    /// When the master's lock last proved alive (ms since `origin`; 0 = never).
+    renewed_ms: AtomicU64,
+}
+
+impl Default for Role {
+    fn default() -> Role {
+        Role {
+            inner: Mutex::default(),
+            origin: Instant::now(),
+            renewed_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -42,6 +56,21 @@ impl Role {
         if let Ok(mut r) = self.inner.lock() {
             *r = info;
         }
+    }
+
+    /// The lock just proved alive (won, or a keep-alive succeeded).
+    fn renew(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.renewed_ms.store(ms.max(1), Ordering::SeqCst);
+    }
+
+    /// Whether the lock proved alive within `bound`. A master that was frozen longer than that
+    /// (and may have lost the lock meanwhile) must not take new clients before its next
+    /// keep-alive tells: the sessions refuse CONNECT until then.
+    pub fn is_fresh(&self, bound: Duration) -> bool {
+        let renewed = self.renewed_ms.load(Ordering::SeqCst);
+        let now = self.origin.elapsed().as_millis() as u64;
+        renewed > 0 && now.saturating_sub(renewed) <= bound.as_millis() as u64
     }
 }
 
@@ -100,7 +129,7 @@ fn run(config: &Config, shutdown: &Shutdown, role: &Role, won: Sender<()>, relea
         };
         // The first try on a connection does not wait, so a slave says at once who holds it.
         let nowait = std::mem::replace(&mut first_try, false);
-        let master = |held: lock::Held<'_>| hold(held, config, shutdown, &won, &release);
+        let master = |held: lock::Held<'_>| hold(held, config, shutdown, role, (&won, &release));
         let attempt = match lock::with_lock(c, nowait, master) {
             Ok(Some(())) => return,
             Ok(None) => lock::holder(c),
@@ -165,9 +194,11 @@ fn hold(
     mut held: lock::Held<'_>,
     config: &Config,
     shutdown: &Shutdown,
-    won: &Sender<()>,
-    release: &Receiver<()>,
+    role: &Role,
+    channels: (&Sender<()>, &Receiver<()>),
 ) {
+    let (won, release) = channels;
+    role.renew();
     let _ = won.send(());
     let keepalive = config.keepalive();
     loop {
@@ -191,6 +222,7 @@ fn hold(
                     let ms = took.as_millis();
                     return shutdown.fail(format!("lost the lock: keep-alive stalled for {ms} ms"));
                 }
+                role.renew();
             }
         }
     }

@@ -136,6 +136,7 @@ fn serve(
         router: router_tx.clone(),
         store: writer.ops.clone(),
         shutdown: shutdown.clone(),
+        role: shared.role.clone(),
     };
     let sessions = match TcpListener::bind(config.stomp_listen) {
         Ok(listener) => accept_loop(listener, ctx),

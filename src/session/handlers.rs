@@ -56,6 +56,11 @@ impl Session {
         if !allowed {
             return self.refuse("authentication failed", None);
         }
+        // No proof of the lock for half a lease (keep-alives come every tenth): this broker
+        // was frozen and may have lost it; its election thread will tell at its next try.
+        if !self.ctx.role.is_fresh(self.ctx.config.lease / 2) {
+            return self.refuse("this broker is not (or no longer) master", None);
+        }
         let config = &self.ctx.config;
         let sx = config.heartbeat_send.as_millis() as u64;
         let sy = config.heartbeat_receive.as_millis() as u64;

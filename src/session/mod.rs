@@ -33,6 +33,8 @@ pub struct Context {
     pub router: Sender<RouterMsg>,
     pub store: Sender<StoreOp>,
     pub shutdown: Arc<Shutdown>,
+    /// The election's view: CONNECT is refused while the lock is not known to be alive.
+    pub role: Arc<crate::election::Role>,
 }
 
 /// How long any single wait lasts before shutdown is checked again.
