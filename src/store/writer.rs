@@ -123,9 +123,42 @@ impl Writer {
     /// THE place every write transaction goes through.
     fn commit_batch(&mut self, batch: Vec<StoreOp>) -> Result<Outcome, (StoreError, Vec<Done>)> {
         let mut outcome = Outcome::default();
+        if !batch.is_empty() && batch.iter().all(|op| self.stays_in_memory(op)) {
+            self.pass_through(batch, &mut outcome);
+            return Ok(outcome);
+        }
         match self.apply_all(batch, &mut outcome) {
             Ok(()) => Ok(outcome),
             Err(error) => Err((error, outcome.dones)),
+        }
+    }
+
+    /// An operation with nothing to write (non-persistent sends, a receipt barrier).
+    fn stays_in_memory(&self, op: &StoreOp) -> bool {
+        match op {
+            StoreOp::Commit {
+                sends, removals, ..
+            } => removals.is_empty() && sends.iter().all(|m| transient(m, &self.durable_topics)),
+            _ => false,
+        }
+    }
+
+    /// A batch with nothing to write skips the database: ids are assigned, messages routed in
+    /// order, receipts sent. (The idle keep-alive batch is empty and still runs its fence.)
+    fn pass_through(&mut self, batch: Vec<StoreOp>, out: &mut Outcome) {
+        for op in batch {
+            if let StoreOp::Commit { sends, done, .. } = op {
+                out.dones.extend(done);
+                let routed = sends
+                    .into_iter()
+                    .map(|mut m| {
+                        self.next_transient += 1;
+                        m.id = NON_PERSISTENT_BIT | self.next_transient;
+                        Arc::new(m)
+                    })
+                    .collect();
+                push_messages(out, routed);
+            }
         }
     }
 
@@ -267,12 +300,7 @@ impl Apply<'_, '_, '_> {
     /// Store a persistent message (queues, and topics that have durable subscriptions); give
     /// every other message a transient id.
     fn insert(&mut self, mut message: Message) -> Result<Message, StoreError> {
-        let topic_without_durables = message.destination.starts_with("/topic/")
-            && !self
-                .durable_topics
-                .values()
-                .any(|t| **t == *message.destination);
-        if !message.persistent || topic_without_durables {
+        if transient(&message, self.durable_topics) {
             message.id = self.transient_id();
             return Ok(message);
         }
@@ -444,6 +472,14 @@ impl Apply<'_, '_, '_> {
         }
         Ok(())
     }
+}
+
+/// Whether a message is kept in memory only: non-persistent, or a topic message that no
+/// durable subscription will read.
+fn transient(message: &Message, durable_topics: &HashMap<u64, String>) -> bool {
+    let topic_without_durables = message.destination.starts_with("/topic/")
+        && !durable_topics.values().any(|t| **t == *message.destination);
+    !message.persistent || topic_without_durables
 }
 
 /// Consecutive messages travel to the router as one `Committed::Messages`.
