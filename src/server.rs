@@ -14,7 +14,7 @@ use crate::session::{self, Context};
 use crate::shutdown::Shutdown;
 use crate::status;
 use crate::store::{self, lock, Committed, Fence, StoreError};
-use crossbeam_channel::RecvTimeoutError;
+use crossbeam_channel::{RecvTimeoutError, Sender};
 use mysql::Conn;
 use std::collections::HashMap;
 use std::net::{Shutdown as Both, TcpListener, TcpStream};
@@ -97,44 +97,12 @@ fn serve(
         "recovered {count} messages in {} destinations",
         count_destinations(&recovered)
     );
-
-    let (router_tx, router_rx) = crossbeam_channel::bounded(INBOX_DEPTH);
-    let forward_tx = router_tx.clone();
-    let forward = Box::new(move |c: Committed| forward_tx.send(RouterMsg::Committed(c)).is_ok());
-    let fail = shutdown.clone();
-    let on_failure = Box::new(move |e: StoreError| {
-        // A broken connection or a moved epoch means the lock may be someone else's now.
-        let why = match e {
-            StoreError::Unreachable(_)
-            | StoreError::Unconfirmed(_)
-            | StoreError::Deposed { .. } => format!("lost the lock: {e}"),
-            _ => format!("store failure: {e}"),
-        };
-        fail.fail(why)
-    });
-    let fence = Fence {
-        epoch,
-        keepalive: config.keepalive(),
-    };
-    let writer = store::spawn_writer(conn, fence, &recovered.durables, forward, on_failure)
-        .map_err(|e| format!("could not start the store writer: {e}"))?;
-    let pager_config = config.clone();
-    let connector: store::Connector = Box::new(move || store_conn(&pager_config));
-    let pager_tx = router_tx.clone();
-    let page_forward = Box::new(move |p| pager_tx.send(RouterMsg::PagedIn(p)).is_ok());
-    let (pages, pager_thread) = store::spawn_pager(connector, config.keepalive(), page_forward)
-        .map_err(|e| format!("could not start the pager: {e}"))?;
-    let limits = (config.max_redeliveries, config.memory_limit);
-    let router = Router::new(writer.ops.clone(), pages, limits, recovered);
-    let router_thread = router
-        .spawn(router_rx)
-        .map_err(|e| format!("could not start the router: {e}"))?;
-    set_router(shared, Some(router_tx.clone()));
-
+    let pipeline = Pipeline::start(config, shutdown, conn, epoch, recovered)?;
+    set_router(shared, Some(pipeline.router.clone()));
     let ctx = Context {
         config: config.clone(),
-        router: router_tx.clone(),
-        store: writer.ops.clone(),
+        router: pipeline.router.clone(),
+        store: pipeline.writer.ops.clone(),
         shutdown: shutdown.clone(),
         role: shared.role.clone(),
     };
@@ -150,16 +118,79 @@ fn serve(
         let _ = session.join();
     }
     set_router(shared, None);
-    let _ = router_tx.send(RouterMsg::Shutdown);
-    drop(router_tx);
-    let _ = router_thread.join();
-    let _ = pager_thread.join();
-    drop(writer.ops);
-    let _ = writer.thread.join();
+    pipeline.stop();
     Ok(())
 }
 
-fn set_router(shared: &status::Shared, router: Option<crossbeam_channel::Sender<RouterMsg>>) {
+/// The master's threads behind the sessions: store writer, pager, router.
+struct Pipeline {
+    router: Sender<RouterMsg>,
+    router_thread: JoinHandle<()>,
+    pager_thread: JoinHandle<()>,
+    writer: store::WriterHandle,
+}
+
+impl Pipeline {
+    fn start(
+        config: &Arc<Config>,
+        shutdown: &Arc<Shutdown>,
+        conn: Conn,
+        epoch: u64,
+        recovered: store::Recovered,
+    ) -> Result<Pipeline, String> {
+        let (router, router_rx) = crossbeam_channel::bounded(INBOX_DEPTH);
+        let forward_tx = router.clone();
+        let forward =
+            Box::new(move |c: Committed| forward_tx.send(RouterMsg::Committed(c)).is_ok());
+        let fail = shutdown.clone();
+        let on_failure = Box::new(move |e: StoreError| fail.fail(failure_reason(e)));
+        let fence = Fence {
+            epoch,
+            keepalive: config.keepalive(),
+        };
+        let writer = store::spawn_writer(conn, fence, &recovered.durables, forward, on_failure)
+            .map_err(|e| format!("could not start the store writer: {e}"))?;
+        let pager_config = config.clone();
+        let connector: store::Connector = Box::new(move || store_conn(&pager_config));
+        let pager_tx = router.clone();
+        let page_forward = Box::new(move |p| pager_tx.send(RouterMsg::PagedIn(p)).is_ok());
+        let (pages, pager_thread) = store::spawn_pager(connector, config.keepalive(), page_forward)
+            .map_err(|e| format!("could not start the pager: {e}"))?;
+        let limits = (config.max_redeliveries, config.memory_limit);
+        let router_thread = Router::new(writer.ops.clone(), pages, limits, recovered)
+            .spawn(router_rx)
+            .map_err(|e| format!("could not start the router: {e}"))?;
+        Ok(Pipeline {
+            router,
+            router_thread,
+            pager_thread,
+            writer,
+        })
+    }
+
+    /// After the sessions: the router hands over its last writes, then the writer drains.
+    fn stop(self) {
+        let _ = self.router.send(RouterMsg::Shutdown);
+        drop(self.router);
+        let _ = self.router_thread.join();
+        let _ = self.pager_thread.join();
+        drop(self.writer.ops);
+        let _ = self.writer.thread.join();
+    }
+}
+
+/// Why the broker stops after a store failure. A broken connection or a moved epoch means
+/// the lock may be someone else's now.
+fn failure_reason(e: StoreError) -> String {
+    match e {
+        StoreError::Unreachable(_) | StoreError::Unconfirmed(_) | StoreError::Deposed { .. } => {
+            format!("lost the lock: {e}")
+        }
+        _ => format!("store failure: {e}"),
+    }
+}
+
+fn set_router(shared: &status::Shared, router: Option<Sender<RouterMsg>>) {
     if let Ok(mut slot) = shared.router.lock() {
         *slot = router;
     }

@@ -1,5 +1,6 @@
-//! All SQL: connecting, the schema, recovery, the group-commit writer (`writer`) and the
-//! body pager (`pager`).
+//! All SQL: connecting, the lock and epoch (`lock`), the schema and recovery (`schema`), the
+//! group-commit writer (`writer`, with each operation's SQL in `apply`) and the body pager
+//! (`pager`).
 //!
 //! `connect`, `prepare` and `recover` run on the server thread before any client is served; the
 //! writer runs on its own thread. Nothing here knows sessions or the router: results leave through
@@ -7,6 +8,7 @@
 //! Every write transaction goes through `writer::Writer::commit_batch`, the one place where the
 //! fencing check of master/slave will go.
 
+mod apply;
 pub mod lock;
 mod pager;
 mod schema;
