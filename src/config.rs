@@ -33,6 +33,12 @@ pub struct Config {
     pub heartbeat_receive: Duration,
     /// A socket that sends no CONNECT within this is closed.
     pub connect_timeout: Duration,
+    /// Open client connections at most; more are refused with an ERROR.
+    pub max_connections: usize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Bytes of SEND bodies one open transaction may buffer.
+    pub max_transaction_bytes: usize,
     /// Bytes of message bodies held in memory; beyond it bodies stay in the store until needed.
     pub memory_limit: usize,
     /// How long the database waits on a silent connection before dropping it (and the lock
@@ -79,6 +85,9 @@ const KEYS: &[&str] = &[
     "heartbeat_send_ms",
     "heartbeat_receive_ms",
     "connect_timeout_ms",
+    "max_connections",
+    "max_subscriptions",
+    "max_transaction_bytes",
     "memory_limit",
     "lease",
 ];
@@ -101,6 +110,9 @@ impl Default for Config {
             heartbeat_send: Duration::from_millis(1000),
             heartbeat_receive: Duration::from_millis(30_000),
             connect_timeout: Duration::from_millis(30_000),
+            max_connections: 10_000,
+            max_subscriptions: 1000,
+            max_transaction_bytes: 64 * 1024 * 1024,
             memory_limit: 64 * 1024 * 1024,
             lease: Duration::from_secs(10),
         }
@@ -214,6 +226,9 @@ impl Config {
                 self.connect_timeout = Duration::from_millis(positive(value).map_err(bad)? as u64)
             }
             "memory_limit" => self.memory_limit = positive(value).map_err(bad)?,
+            "max_connections" => self.max_connections = positive(value).map_err(bad)?,
+            "max_subscriptions" => self.max_subscriptions = positive(value).map_err(bad)?,
+            "max_transaction_bytes" => self.max_transaction_bytes = positive(value).map_err(bad)?,
             "lease" => self.lease = lease(value).map_err(bad)?,
             _ => {
                 return Err(bad(format!(

@@ -9,7 +9,7 @@
 use crate::config::Config;
 use crate::election::{self, Election, Role, RoleInfo};
 use crate::message::now_ms;
-use crate::router::{Router, RouterMsg, INBOX_DEPTH};
+use crate::router::{Limits, Router, RouterMsg, INBOX_DEPTH};
 use crate::session::{self, Context};
 use crate::shutdown::Shutdown;
 use crate::status;
@@ -156,7 +156,11 @@ impl Pipeline {
         let page_forward = Box::new(move |p| pager_tx.send(RouterMsg::PagedIn(p)).is_ok());
         let (pages, pager_thread) = store::spawn_pager(connector, config.keepalive(), page_forward)
             .map_err(|e| format!("could not start the pager: {e}"))?;
-        let limits = (config.max_redeliveries, config.memory_limit);
+        let limits = Limits {
+            max_redeliveries: config.max_redeliveries,
+            memory_limit: config.memory_limit,
+            max_subscriptions: config.max_subscriptions,
+        };
         let router_thread = Router::new(writer.ops.clone(), pages, limits, recovered)
             .spawn(router_rx)
             .map_err(|e| format!("could not start the router: {e}"))?;
@@ -258,6 +262,21 @@ fn accept_loop(listener: TcpListener, ctx: Context) -> Vec<JoinHandle<()>> {
     threads
 }
 
+/// Over `max_connections`: say so in an ERROR frame and close, without starting any thread
+/// (bounded write, on the accept thread).
+fn refuse_connection(mut stream: TcpStream, limit: usize) {
+    use std::io::Write;
+    let message = format!("too many connections: the limit is {limit}, try again later");
+    log::warn!("refused a connection: {message}");
+    let frame = format!(
+        "ERROR\nmessage:{message}\ncontent-type:text/plain\ncontent-length:{}\n\n{message}\0",
+        message.len()
+    );
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+    let _ = stream.write_all(frame.as_bytes());
+    let _ = stream.shutdown(Both::Write);
+}
+
 /// `0.0.0.0:port` cannot be connected to: wake the loop (or reach it) through loopback instead.
 pub fn wake_address(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     let mut wake = addr;
@@ -278,6 +297,11 @@ fn start_session(
     registry: &Registry,
 ) -> Option<JoinHandle<()>> {
     let _ = stream.set_nodelay(true);
+    let open_now = registry.lock().map(|open| open.len()).unwrap_or(0);
+    if open_now >= ctx.config.max_connections {
+        refuse_connection(stream, ctx.config.max_connections);
+        return None;
+    }
     let handle = stream.try_clone().ok()?;
     if let Ok(mut open) = registry.lock() {
         open.insert(id, handle);

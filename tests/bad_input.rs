@@ -293,3 +293,89 @@ fn heart_beats_alone_do_not_stand_in_for_connect() {
     }
     panic!("a socket sending only EOLs was kept open past the CONNECT timeout");
 }
+
+#[test]
+fn connection_subscription_and_transaction_limits() {
+    let url = shared_mariadb().create_database();
+    let limits = [
+        ("HAMQ_MAX_CONNECTIONS", "3"),
+        ("HAMQ_MAX_SUBSCRIPTIONS", "2"),
+        ("HAMQ_MAX_TRANSACTION_BYTES", "100"),
+    ];
+    let b = Broker::start(&url, &limits);
+    let port = b.stomp_port();
+
+    // Subscriptions per connection.
+    let mut c = Client::connect(port);
+    c.subscribe_with_receipt("/queue/l1", "a", "auto", &[]);
+    c.subscribe_with_receipt("/queue/l2", "b", "auto", &[]);
+    c.send_frame(
+        "SUBSCRIBE",
+        &[("destination", "/queue/l3"), ("id", "c")],
+        b"",
+    );
+    let error = c.recv(TIMEOUT);
+    assert!(
+        error
+            .header("message")
+            .unwrap()
+            .contains("2 subscriptions, the limit"),
+        "{error:?}"
+    );
+    assert!(c.recv_eof(TIMEOUT));
+
+    // Bytes a transaction may buffer; nothing of it is stored.
+    let mut t = Client::connect(port);
+    t.send_frame_with_receipt("BEGIN", &[("transaction", "big")], b"");
+    let part = [("destination", "/queue/tx-limit"), ("transaction", "big")];
+    t.send_frame_with_receipt("SEND", &part, &[b'x'; 60]);
+    t.send_frame("SEND", &part, &[b'y'; 60]);
+    let error = t.recv(TIMEOUT);
+    assert!(
+        error
+            .header("message")
+            .unwrap()
+            .contains("exceeds 100 bytes"),
+        "{error:?}"
+    );
+    assert!(t.recv_eof(TIMEOUT));
+    let mut r = Client::connect(port);
+    r.subscribe("/queue/tx-limit", "s", "auto", &[]);
+    assert!(
+        r.try_recv(Duration::from_millis(300)).is_none(),
+        "part of a refused transaction stored"
+    );
+
+    // Connections: `r` and two more fill the limit of 3 (once the refused sessions above have
+    // finished lingering); the next is refused politely.
+    let _c2 = connect_when_room(port);
+    let _c3 = connect_when_room(port);
+    let mut over = Client::raw(port);
+    let error = over.recv(TIMEOUT);
+    assert!(
+        error
+            .header("message")
+            .unwrap()
+            .contains("too many connections"),
+        "{error:?}"
+    );
+    assert!(over.recv_eof(TIMEOUT));
+    // Once one leaves, a new client gets in again.
+    r.disconnect();
+    drop(r);
+    connect_when_room(port).send_with_receipt("/queue/after-limit", "ok", &[]);
+}
+
+/// A connected client as soon as the broker has room for one (polled, with a deadline).
+fn connect_when_room(port: u16) -> Client {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(c) = Client::try_connect(port, Duration::from_secs(1)) {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no room for a connection within {TIMEOUT:?}"
+        );
+    }
+}

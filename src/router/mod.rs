@@ -34,6 +34,16 @@ use std::sync::Arc;
 pub use stats::{Browsed, Counters, DestinationStats, Stats};
 pub use subscriptions::{AckMode, AckRef, SubscribeRequest};
 
+/// The configured bounds the router enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_redeliveries: u32,
+    /// Bytes of pending messages kept in memory (see `paging`).
+    pub memory_limit: usize,
+    /// Subscriptions per connection.
+    pub max_subscriptions: usize,
+}
+
 /// A connection's number, unique for the process.
 pub type ConnId = u64;
 
@@ -206,6 +216,7 @@ pub struct Router {
     resident: usize,
     memory_limit: usize,
     max_redeliveries: u32,
+    max_subscriptions: usize,
     next_seq: u64,
     next_sub: u64,
 }
@@ -215,10 +226,14 @@ impl Router {
     pub fn new(
         store: Sender<StoreOp>,
         pager: Sender<PageRequest<Source>>,
-        limits: (u32, usize),
+        limits: Limits,
         recovered: Recovered,
     ) -> Router {
-        let (max_redeliveries, memory_limit) = limits;
+        let Limits {
+            max_redeliveries,
+            memory_limit,
+            max_subscriptions,
+        } = limits;
         let mut router = Router {
             conns: HashMap::new(),
             subs: HashMap::new(),
@@ -239,6 +254,7 @@ impl Router {
             resident: 0,
             memory_limit,
             max_redeliveries,
+            max_subscriptions,
             next_seq: 1,
             next_sub: 1,
         };

@@ -67,6 +67,12 @@ impl Router {
                 "subscription id `{id}` is already in use on this connection"
             ));
         }
+        if c.subs.len() >= self.max_subscriptions {
+            return Some(format!(
+                "this connection already has {} subscriptions, the limit",
+                c.subs.len()
+            ));
+        }
         let (client_id, name) = durable?;
         let active = self
             .durable_names

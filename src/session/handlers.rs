@@ -102,9 +102,16 @@ impl Session {
             body: s.body,
         };
         if let Some(tx) = s.transaction {
-            let Some(sends) = self.transactions.get_mut(&tx) else {
+            let Some((sends, bytes)) = self.transactions.get_mut(&tx) else {
                 return self.refuse(&format!("transaction `{tx}` was not begun"), receipt);
             };
+            let limit = self.ctx.config.max_transaction_bytes;
+            *bytes += message.body.len();
+            if *bytes > limit {
+                self.transactions.remove(&tx);
+                let problem = format!("transaction `{tx}` exceeds {limit} bytes of SEND bodies");
+                return self.refuse(&problem, receipt);
+            }
             sends.push(message);
             return self.receipt_now(receipt);
         }
@@ -264,13 +271,13 @@ impl Session {
         if self.transactions.contains_key(&tx) {
             return self.refuse(&format!("transaction `{tx}` is already open"), receipt);
         }
-        self.transactions.insert(tx, Vec::new());
+        self.transactions.insert(tx, (Vec::new(), 0));
         self.receipt_now(receipt)
     }
 
     /// The transaction's SENDs and held acks commit in one store transaction.
     fn commit(&mut self, tx: String, receipt: Option<&str>) -> Flow {
-        let Some(sends) = self.transactions.remove(&tx) else {
+        let Some((sends, _)) = self.transactions.remove(&tx) else {
             return self.refuse(&format!("transaction `{tx}` was not begun"), receipt);
         };
         let msg = RouterMsg::EndTransaction {

@@ -59,8 +59,8 @@ struct Session {
     /// None until CONNECT succeeded.
     version: Option<Version>,
     client_id: Option<String>,
-    /// Open transactions and their buffered SENDs.
-    transactions: HashMap<String, Vec<crate::message::Message>>,
+    /// Open transactions: their buffered SENDs and those SENDs' body bytes.
+    transactions: HashMap<String, (Vec<crate::message::Message>, usize)>,
     /// Client heart-beats expected at least this often (twice the agreed interval); None = never.
     silence_limit: Option<Duration>,
     reply_tx: Sender<Answer>,
