@@ -33,6 +33,9 @@ pub struct Config {
     pub heartbeat_receive: Duration,
     /// A socket that sends no CONNECT within this is closed.
     pub connect_timeout: Duration,
+    /// A client that takes no bytes for this long while the broker writes to it is disconnected
+    /// (its unacknowledged messages go to other consumers).
+    pub slow_consumer: Duration,
     /// Open client connections at most; more are refused with an ERROR.
     pub max_connections: usize,
     /// Subscriptions one connection may hold.
@@ -85,6 +88,7 @@ const KEYS: &[&str] = &[
     "heartbeat_send_ms",
     "heartbeat_receive_ms",
     "connect_timeout_ms",
+    "slow_consumer_ms",
     "max_connections",
     "max_subscriptions",
     "max_transaction_bytes",
@@ -110,6 +114,7 @@ impl Default for Config {
             heartbeat_send: Duration::from_millis(1000),
             heartbeat_receive: Duration::from_millis(30_000),
             connect_timeout: Duration::from_millis(30_000),
+            slow_consumer: Duration::from_secs(30),
             max_connections: 10_000,
             max_subscriptions: 1000,
             max_transaction_bytes: 64 * 1024 * 1024,
@@ -226,6 +231,9 @@ impl Config {
                 self.connect_timeout = Duration::from_millis(positive(value).map_err(bad)? as u64)
             }
             "memory_limit" => self.memory_limit = positive(value).map_err(bad)?,
+            "slow_consumer_ms" => {
+                self.slow_consumer = Duration::from_millis(positive(value).map_err(bad)? as u64)
+            }
             "max_connections" => self.max_connections = positive(value).map_err(bad)?,
             "max_subscriptions" => self.max_subscriptions = positive(value).map_err(bad)?,
             "max_transaction_bytes" => self.max_transaction_bytes = positive(value).map_err(bad)?,

@@ -113,14 +113,7 @@ impl Router {
     }
 
     fn front(&self, source: &Source, now: i64) -> Front {
-        let has_consumers = match source {
-            Source::Queue(name) => self
-                .queues
-                .get(name)
-                .is_some_and(|d| !d.consumers.is_empty()),
-            Source::Durable(id) => self.durables.get(id).is_some_and(|d| d.active.is_some()),
-            Source::Topic => false,
-        };
+        let has_consumers = self.has_consumers(source);
         match self.queue(source).and_then(|q| q.front()) {
             None => Front::Empty,
             Some(entry) if entry.is_expired(now) => Front::Expired,

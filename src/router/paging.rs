@@ -4,8 +4,10 @@
 //! Rule: a new persistent message stays resident while the bytes held by pending resident
 //! entries (`Router::resident`) are under `memory_limit`; past it, only its metadata is kept and
 //! the body waits in the store. Everything recovered starts paged out. When paged entries come
-//! within `PAGE_WINDOW` of a queue's front, the router asks the pager for up to `PAGE_BYTES` of
-//! them (one request in flight per queue) and dispatch stops at a paged entry until they arrive.
+//! within `PAGE_WINDOW` of a queue's front and the queue has consumers, the router asks the pager
+//! for up to `PAGE_BYTES` of them (one request in flight per queue); past `memory_limit` only when
+//! the front entry itself is paged, so memory stays within the limit plus a page per queue.
+//! Dispatch stops at a paged entry until its body arrives.
 //! Non-persistent messages are never paged (the store does not have them).
 
 use super::{Router, Source};
@@ -87,7 +89,13 @@ impl Router {
         let Some(queue) = self.queue(source) else {
             return;
         };
-        if queue.paged() == 0 {
+        if queue.paged() == 0 || !self.has_consumers(source) {
+            return;
+        }
+        // Past the memory limit, load only what the front needs to move on: prefetching more
+        // for consumers without room would hold it all in memory.
+        let front_paged = queue.front().is_some_and(|e| e.message().is_none());
+        if self.resident >= self.memory_limit && !front_paged {
             return;
         }
         let ids: Vec<u64> = queue
@@ -111,6 +119,17 @@ impl Router {
                 self.blocked.insert(source.clone());
             }
             Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    pub(super) fn has_consumers(&self, source: &Source) -> bool {
+        match source {
+            Source::Queue(name) => self
+                .queues
+                .get(name)
+                .is_some_and(|d| !d.consumers.is_empty()),
+            Source::Durable(id) => self.durables.get(id).is_some_and(|d| d.active.is_some()),
+            Source::Topic => false,
         }
     }
 

@@ -73,7 +73,7 @@ struct Session {
 
 /// Serve one accepted connection on this thread until it closes.
 pub fn serve(id: ConnId, stream: TcpStream, ctx: Context) {
-    let (settings, outbox, writer) = match start_writer(&stream) {
+    let (settings, outbox, writer) = match start_writer(&stream, ctx.config.slow_consumer) {
         Ok(parts) => parts,
         Err(e) => return log::warn!("connection {id}: could not start its writer: {e}"),
     };
@@ -116,6 +116,7 @@ pub fn serve(id: ConnId, stream: TcpStream, ctx: Context) {
 
 fn start_writer(
     stream: &TcpStream,
+    slow_consumer: Duration,
 ) -> std::io::Result<(Arc<WriterSettings>, Outbox, JoinHandle<()>)> {
     let (outbox, inbox) = outbox(stream.try_clone()?);
     let settings = Arc::new(WriterSettings::default());
@@ -123,7 +124,7 @@ fn start_writer(
     let thread_settings = settings.clone();
     let writer = std::thread::Builder::new()
         .name("conn-writer".to_string())
-        .spawn(move || writer::run(write_half, inbox, thread_settings))?;
+        .spawn(move || writer::run(write_half, inbox, thread_settings, slow_consumer))?;
     Ok((settings, outbox, writer))
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Takes `Outgoing` items from the connection's `Inbox` in order, encodes them, and flushes when
 //! the queue is empty (so bursts go out in few syscalls). Sends a heart-beat EOL when nothing was
-//! written for the agreed interval. Every write is bounded by `SLOW_CONSUMER_DEADLINE`: a client
+//! written for the agreed interval. Every write is bounded by `slow_consumer` (config
+//! `slow_consumer_ms`): a client
 //! that does not read for that long is disconnected (its unacknowledged messages are redelivered
 //! elsewhere). On any write error it shuts the socket down, which also ends the reader.
 
@@ -14,9 +15,6 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A client that takes no bytes for this long is cut off.
-pub const SLOW_CONSUMER_DEADLINE: Duration = Duration::from_secs(30);
 
 /// What the reader decides at CONNECT and the writer must follow.
 #[derive(Default)]
@@ -58,8 +56,14 @@ impl WriterSettings {
 /// How long to wait for work when no heart-beat is due, so the thread notices a dropped inbox.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
-pub fn run(stream: TcpStream, inbox: Inbox, settings: Arc<WriterSettings>) {
-    let _ = stream.set_write_timeout(Some(SLOW_CONSUMER_DEADLINE));
+/// Write until the inbox closes or a write fails; a write blocked for `slow_consumer` fails.
+pub fn run(
+    stream: TcpStream,
+    inbox: Inbox,
+    settings: Arc<WriterSettings>,
+    slow_consumer: Duration,
+) {
+    let _ = stream.set_write_timeout(Some(slow_consumer));
     let mut out = BufWriter::with_capacity(64 * 1024, &stream);
     let mut buf = Vec::with_capacity(4096);
     let result = loop {
