@@ -5,8 +5,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Five seconds of sending, the drain, and slack for a loaded CI machine.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -41,18 +40,7 @@ fn five_second_smoke_run_against_hamq() {
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn hamq-bench");
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("hamq-bench still runs after {RUN_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
+    let status = common::wait_or_kill(&mut child, RUN_TIMEOUT, "hamq-bench");
     let json = std::fs::read_to_string(&json_path).unwrap_or_else(|e| {
         panic!(
             "hamq-bench ({status}) wrote no {}: {e}",

@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -39,18 +39,7 @@ fn bench(args: &str) -> Output {
         })
     };
     let (out, err) = (read(Box::new(out)), read(Box::new(err)));
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("hamq-bench {args:?} still runs after {RUN_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::wait_or_kill(&mut child, RUN_TIMEOUT, &format!("hamq-bench {args:?}"));
     let output = Output {
         status,
         stdout: out.join().unwrap(),

@@ -32,7 +32,7 @@ pub use client::{Client, Frame, TIMEOUT};
 pub use load::{Ledger, Load, QUEUE};
 pub use mariadb::{shared_mariadb, MariaDb};
 pub use netns::{Cut, NetNs, Veth};
-pub use process::free_port;
+pub use process::{free_port, wait_or_kill};
 
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;

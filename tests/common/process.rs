@@ -162,3 +162,24 @@ pub fn tail_file(path: &Path, n: usize) -> String {
         Err(e) => format!("    (cannot read {}: {e})\n", path.display()),
     }
 }
+
+/// Wait for `child` to exit, polling until `timeout`; past it, kill it, reap it and panic
+/// naming `what`.
+pub fn wait_or_kill(
+    child: &mut Child,
+    timeout: std::time::Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} still runs after {timeout:?}");
+        }
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
