@@ -35,6 +35,7 @@ pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), String> {
         started: Instant::now(),
         role: role.clone(),
         router: Mutex::new(None),
+        store: Arc::default(),
     });
     // The status listener answers on slaves too (health 503): it is bound before the election.
     let status_thread = match config.status_listen {
@@ -97,7 +98,7 @@ fn serve(
         "recovered {count} messages in {} destinations",
         count_destinations(&recovered)
     );
-    let pipeline = Pipeline::start(config, shutdown, conn, epoch, recovered)?;
+    let pipeline = Pipeline::start(config, shutdown, conn, epoch, recovered, &shared.store)?;
     set_router(shared, Some(pipeline.router.clone()));
     let ctx = Context {
         config: config.clone(),
@@ -137,6 +138,7 @@ impl Pipeline {
         conn: Conn,
         epoch: u64,
         recovered: store::Recovered,
+        stats: &Arc<store::WriterStats>,
     ) -> Result<Pipeline, String> {
         let (router, router_rx) = crossbeam_channel::bounded(INBOX_DEPTH);
         let forward_tx = router.clone();
@@ -148,8 +150,15 @@ impl Pipeline {
             epoch,
             keepalive: config.keepalive(),
         };
-        let writer = store::spawn_writer(conn, fence, &recovered.durables, forward, on_failure)
-            .map_err(|e| format!("could not start the store writer: {e}"))?;
+        let writer = store::spawn_writer(
+            conn,
+            fence,
+            (&recovered.durables, recovered.next_id),
+            stats.clone(),
+            forward,
+            on_failure,
+        )
+        .map_err(|e| format!("could not start the store writer: {e}"))?;
         let pager_config = config.clone();
         let connector: store::Connector = Box::new(move || store_conn(&pager_config));
         let pager_tx = router.clone();

@@ -34,6 +34,8 @@ pub struct Shared {
     pub role: Arc<Role>,
     /// The router's inbox while this broker is master.
     pub router: Mutex<Option<Sender<RouterMsg>>>,
+    /// The store writer's counters (zero until this broker is master).
+    pub store: Arc<crate::store::WriterStats>,
 }
 
 /// Bind `addr` and answer requests on a new thread until shutdown.

@@ -101,6 +101,36 @@ pub fn metrics(shared: &Shared, role: &RoleInfo, stats: &Stats) -> String {
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
         );
     }
+    let store = &shared.store;
+    let counters = [
+        (
+            "hamq_store_transactions_total",
+            "store transactions committed (batches, keep-alives included)",
+            &store.transactions,
+        ),
+        (
+            "hamq_store_operations_total",
+            "store operations in those transactions",
+            &store.operations,
+        ),
+        (
+            "hamq_store_rows_inserted_total",
+            "message rows inserted",
+            &store.rows_inserted,
+        ),
+        (
+            "hamq_store_busy_microseconds_total",
+            "time spent in store transactions",
+            &store.busy_micros,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let value = value.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
     type Figure = fn(&crate::router::DestinationStats) -> u64;
     let series: [(&str, &str, &str, Figure); 7] = [
         ("hamq_destination_depth", "gauge", "messages waiting", |d| {

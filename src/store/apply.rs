@@ -2,24 +2,37 @@
 //! removing, counting redeliveries, dead-lettering and durable subscriptions. Runs on the
 //! store-writer thread, called only by `writer`.
 
-use super::writer::{push_messages, transient, Outcome};
+use super::writer::{push_messages, transient, Durables, Outcome};
 use super::{column, encode_headers, Committed, DurableRow, StoreError, StoreOp, Target};
 use crate::message::{Message, NON_PERSISTENT_BIT};
 use mysql::prelude::Queryable;
-use mysql::Transaction;
-use std::collections::HashMap;
+use mysql::{Transaction, Value};
 use std::sync::Arc;
+
+/// Most message rows in one INSERT statement.
+const ROWS_PER_INSERT: usize = 64;
+/// A statement takes no further row once its bodies reach this many bytes (well under the
+/// smallest default `max_allowed_packet`, MySQL 5.7's 4 MiB); a larger body goes alone.
+const BYTES_PER_INSERT: usize = 1024 * 1024;
+/// Most durable entries in one INSERT statement.
+const ENTRIES_PER_INSERT: usize = 256;
 
 /// One operation applied inside the batch's transaction.
 pub(super) struct Apply<'a, 'b, 'c> {
     pub(super) tx: &'a mut Transaction<'b>,
-    /// Durable subscription id -> topic (kept in step with the rows written here).
-    pub(super) durable_topics: &'c mut HashMap<u64, String>,
+    /// The durable subscriptions (kept in step with the rows written here).
+    pub(super) durables: &'c mut Durables,
+    pub(super) next_id: &'c mut u64,
     pub(super) next_transient: &'c mut u64,
 }
 
 impl Apply<'_, '_, '_> {
+    /// SENDs and removals only gather rows; any other operation first writes what was
+    /// gathered, so the statements run in the order of the operations they stand for.
     pub(super) fn apply(&mut self, op: StoreOp, out: &mut Outcome) -> Result<(), StoreError> {
+        if !matches!(op, StoreOp::Commit { .. }) {
+            write_rows(self.tx, out)?;
+        }
         match op {
             StoreOp::Commit {
                 sends,
@@ -27,10 +40,10 @@ impl Apply<'_, '_, '_> {
                 done,
             } => {
                 out.dones.extend(done);
-                let mut routed = Vec::with_capacity(sends.len());
-                for message in sends {
-                    routed.push(Arc::new(self.insert(message)?));
-                }
+                let routed = sends
+                    .into_iter()
+                    .map(|message| self.insert(message, out))
+                    .collect();
                 for target in removals {
                     self.remove(target, out)?;
                 }
@@ -65,35 +78,27 @@ impl Apply<'_, '_, '_> {
         NON_PERSISTENT_BIT | *self.next_transient
     }
 
-    /// Store a persistent message (queues, and topics that have durable subscriptions); give
-    /// every other message a transient id.
-    fn insert(&mut self, mut message: Message) -> Result<Message, StoreError> {
-        if transient(&message, self.durable_topics) {
+    fn message_id(&mut self) -> u64 {
+        let id = *self.next_id;
+        *self.next_id += 1;
+        id
+    }
+
+    /// Give a message its id. A persistent one (queues, and topics that have durable
+    /// subscriptions) joins the rows to insert, with an entry per durable subscription of its
+    /// topic; every other message gets a transient id.
+    fn insert(&mut self, mut message: Message, out: &mut Outcome) -> Arc<Message> {
+        if transient(&message, self.durables) {
             message.id = self.transient_id();
-            return Ok(message);
+            return Arc::new(message);
         }
-        self.tx.exec_drop(
-            "INSERT INTO hamq_messages (destination, priority, expires, timestamp, \
-             original_destination, headers, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                &*message.destination,
-                message.priority,
-                message.expires,
-                message.timestamp,
-                message.original_destination.as_deref(),
-                encode_headers(&message.headers),
-                message.body.as_slice(),
-            ),
-        )?;
-        message.id = self.last_id()?;
-        if message.destination.starts_with("/topic/") {
-            self.tx.exec_drop(
-                "INSERT INTO hamq_durable_entries (sub_id, msg_id) \
-                 SELECT id, ? FROM hamq_durable_subs WHERE topic = ?",
-                (message.id, &*message.destination),
-            )?;
-        }
-        Ok(message)
+        message.id = self.message_id();
+        let subscribers = self.durables.subscribers(&message.destination);
+        out.entries
+            .extend(subscribers.iter().map(|&sub| (sub, message.id)));
+        let message = Arc::new(message);
+        out.inserts.push(message.clone());
+        message
     }
 
     fn last_id(&mut self) -> Result<u64, StoreError> {
@@ -145,18 +150,19 @@ impl Apply<'_, '_, '_> {
         let source = match target {
             Target::Message(id) | Target::Entry { message: id, .. } => id,
         };
+        let id = self.message_id();
         self.tx.exec_drop(
-            "INSERT INTO hamq_messages (destination, priority, expires, timestamp, \
-             original_destination, headers, body) SELECT ?, priority, expires, timestamp, \
+            "INSERT INTO hamq_messages (id, destination, priority, expires, timestamp, \
+             original_destination, headers, body) SELECT ?, ?, priority, expires, timestamp, \
              COALESCE(original_destination, destination), headers, body \
              FROM hamq_messages WHERE id = ?",
-            (&dlq, source),
+            (id, &dlq, source),
         )?;
         if self.tx.affected_rows() == 0 {
             return Ok(None);
         }
         let mut moved = message.clone();
-        moved.id = self.last_id()?;
+        moved.id = id;
         moved.original_destination = Some(
             message
                 .original_destination
@@ -196,7 +202,7 @@ impl Apply<'_, '_, '_> {
             }
             None => self.insert_durable(&client_id, &name, &topic)?,
         };
-        self.durable_topics.insert(id, topic.clone());
+        self.durables.insert(id, topic.clone());
         Ok(DurableRow {
             id,
             client_id,
@@ -220,7 +226,7 @@ impl Apply<'_, '_, '_> {
 
     fn delete_durable(&mut self, id: u64) -> Result<(), StoreError> {
         self.drop_entries(id)?;
-        self.durable_topics.remove(&id);
+        self.durables.remove(id);
         self.tx
             .exec_drop("DELETE FROM hamq_durable_subs WHERE id = ?", (id,))?;
         Ok(())
@@ -228,7 +234,7 @@ impl Apply<'_, '_, '_> {
 
     /// Remove a durable subscription's entries and the messages no one else holds.
     fn drop_entries(&mut self, id: u64) -> Result<(), StoreError> {
-        let topic = self.durable_topics.get(&id).cloned();
+        let topic = self.durables.topic(id).cloned();
         self.tx
             .exec_drop("DELETE FROM hamq_durable_entries WHERE sub_id = ?", (id,))?;
         if let Some(topic) = topic {
@@ -240,4 +246,65 @@ impl Apply<'_, '_, '_> {
         }
         Ok(())
     }
+}
+
+/// Write the gathered message rows and durable entries: multi-row INSERTs with the ids the
+/// writer assigned, so a batch of N SENDs costs a statement or a few, not N round trips.
+pub(super) fn write_rows(tx: &mut Transaction<'_>, out: &mut Outcome) -> Result<(), StoreError> {
+    let rows = std::mem::take(&mut out.inserts);
+    let mut rest = rows.as_slice();
+    while !rest.is_empty() {
+        let mut take = 0;
+        let mut bytes = 0;
+        while take < rest.len() && take < ROWS_PER_INSERT && (take == 0 || bytes < BYTES_PER_INSERT)
+        {
+            bytes += rest[take].body.len();
+            take += 1;
+        }
+        let (chunk, tail) = rest.split_at(take);
+        insert_messages(tx, chunk)?;
+        out.rows_written += chunk.len() as u64;
+        rest = tail;
+    }
+    for chunk in std::mem::take(&mut out.entries).chunks(ENTRIES_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO hamq_durable_entries (sub_id, msg_id) VALUES {}",
+            placeholders(chunk.len(), 2)
+        );
+        let params: Vec<Value> = chunk
+            .iter()
+            .flat_map(|&(sub, message)| [Value::from(sub), Value::from(message)])
+            .collect();
+        tx.exec_drop(sql, params)?;
+    }
+    Ok(())
+}
+
+fn insert_messages(tx: &mut Transaction<'_>, messages: &[Arc<Message>]) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO hamq_messages (id, destination, priority, expires, timestamp, \
+         original_destination, headers, body) VALUES {}",
+        placeholders(messages.len(), 8)
+    );
+    let mut params = Vec::with_capacity(messages.len() * 8);
+    for m in messages {
+        params.extend([
+            Value::from(m.id),
+            Value::from(&*m.destination),
+            Value::from(m.priority),
+            Value::from(m.expires),
+            Value::from(m.timestamp),
+            Value::from(m.original_destination.as_deref()),
+            Value::from(encode_headers(&m.headers)),
+            Value::from(m.body.as_slice()),
+        ]);
+    }
+    tx.exec_drop(sql, params)?;
+    Ok(())
+}
+
+/// `(?, ?), (?, ?)` for `rows` rows of `columns` values.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    vec![row; rows].join(", ")
 }

@@ -15,7 +15,7 @@ mod schema;
 mod writer;
 
 pub use pager::{spawn_pager, Connector, PageForward, PageRequest, Paged};
-pub use writer::{spawn_writer, Fence, WriterHandle};
+pub use writer::{spawn_writer, Fence, WriterHandle, WriterStats};
 
 use crate::message::Message;
 use crate::queue::PagedMeta;
@@ -87,6 +87,8 @@ pub struct Recovered {
     pub durables: Vec<DurableRow>,
     /// (durable id, message, redeliveries), ordered by message id.
     pub entries: Vec<(u64, PagedMeta, u32)>,
+    /// The first message id the writer hands out (see `schema::next_message_id`).
+    pub next_id: u64,
 }
 
 /// Errors at the store boundary.
@@ -159,6 +161,10 @@ pub(crate) fn abandon(tx: mysql::Transaction<'_>) {
     std::mem::forget(tx);
 }
 
+/// Prepared statements kept per connection: the writer's multi-row INSERTs of 1 to 64 rows
+/// (see `apply`) and every other statement fit, so none is prepared twice.
+const STATEMENT_CACHE: usize = 128;
+
 /// Open one connection with bounded socket calls and the session settings of the lease:
 /// `wait_timeout = lease`, so the server drops a connection that goes silent (a frozen or cut-off
 /// master) and with it any lock it held; the owner keeps it busy at shorter intervals.
@@ -182,7 +188,7 @@ pub fn connect(
         .tcp_connect_timeout(Some(Duration::from_secs(5)))
         .read_timeout(Some(io_timeout))
         .write_timeout(Some(io_timeout))
-        .stmt_cache_size(Some(64))
+        .stmt_cache_size(Some(STATEMENT_CACHE))
         .init(init);
     Ok(Conn::new(opts)?)
 }

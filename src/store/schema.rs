@@ -171,7 +171,31 @@ pub(super) fn recover(conn: &mut Conn) -> Result<Recovered, StoreError> {
         queued,
         durables,
         entries,
+        next_id: next_message_id(conn)?,
     })
+}
+
+/// The first message id this master may hand out. The writer assigns ids itself (so a batch is
+/// one multi-row INSERT), and every id it writes moves the table's AUTO_INCREMENT counter past
+/// it; InnoDB keeps that counter across restarts (MariaDB 10.2.4+, MySQL 8), so reading it
+/// through a rolled-back insert never hands out an id that a message once had, even after the
+/// message with the highest id was acknowledged and deleted.
+fn next_message_id(conn: &mut Conn) -> Result<u64, StoreError> {
+    let mut tx = conn.start_transaction(mysql::TxOpts::default())?;
+    tx.query_drop(
+        "INSERT INTO hamq_messages (destination, priority, expires, timestamp, headers, body) \
+         VALUES ('', 0, 0, 0, '', '')",
+    )?;
+    let reserved = tx.last_insert_id();
+    tx.rollback()?;
+    let reserved =
+        reserved.ok_or_else(|| StoreError::Sql("the id reservation gave no id".to_string()))?;
+    let row: Option<Row> = conn.query_first("SELECT COALESCE(MAX(id), 0) FROM hamq_messages")?;
+    let highest = match row {
+        Some(row) => column::<u64>(&row, 0)?,
+        None => 0,
+    };
+    Ok(reserved.max(highest + 1))
 }
 
 fn meta_from_row(row: &Row) -> Result<PagedMeta, StoreError> {

@@ -7,19 +7,23 @@
 //! every waiting `Done` gets the error, and `on_failure` stops the broker (its supervisor restarts
 //! it and recovery reloads the store). It exits once every sender is dropped and the queue drained.
 
-use super::apply::Apply;
+use super::apply::{self, Apply};
 use super::{lock, Committed, Done, DurableRow, StoreError, StoreOp};
 use crate::message::{Message, NON_PERSISTENT_BIT};
 use crossbeam_channel::RecvTimeoutError;
 use mysql::prelude::Queryable;
 use mysql::{Conn, Transaction, TxOpts};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+use std::time::Instant;
 
 /// How many operations one transaction takes at most.
 const MAX_BATCH: usize = 512;
+/// Longest wait for a batch to fill up to the size of the previous one (see `gather`).
+const MAX_LINGER: Duration = Duration::from_millis(2);
 /// Depth of the operation queue before senders block.
 pub const QUEUE_DEPTH: usize = 4096;
 
@@ -41,20 +45,83 @@ pub struct Fence {
     pub keepalive: Duration,
 }
 
-/// Start the writer on `conn`; `durables` are the recovered subscriptions.
+/// What the writer has done so far, for /metrics: its batch size is `operations /
+/// transactions`, its mean transaction time `busy_micros / transactions`.
+#[derive(Default)]
+pub struct WriterStats {
+    /// Transactions committed (keep-alives included).
+    pub transactions: AtomicU64,
+    /// Operations in those transactions.
+    pub operations: AtomicU64,
+    /// Message rows inserted.
+    pub rows_inserted: AtomicU64,
+    /// Time spent in those transactions, from BEGIN to the end of COMMIT.
+    pub busy_micros: AtomicU64,
+}
+
+/// Durable subscriptions by id and by topic, kept in step with the rows written.
+#[derive(Default)]
+pub(super) struct Durables {
+    topic_of: HashMap<u64, String>,
+    subs_of: HashMap<String, Vec<u64>>,
+}
+
+impl Durables {
+    pub(super) fn topic(&self, id: u64) -> Option<&String> {
+        self.topic_of.get(&id)
+    }
+
+    /// The subscriptions of `topic`, in id order.
+    pub(super) fn subscribers(&self, topic: &str) -> &[u64] {
+        self.subs_of.get(topic).map_or(&[], Vec::as_slice)
+    }
+
+    pub(super) fn insert(&mut self, id: u64, topic: String) {
+        self.remove(id);
+        let subs = self.subs_of.entry(topic.clone()).or_default();
+        let at = subs.partition_point(|&s| s < id);
+        subs.insert(at, id);
+        self.topic_of.insert(id, topic);
+    }
+
+    pub(super) fn remove(&mut self, id: u64) {
+        let Some(topic) = self.topic_of.remove(&id) else {
+            return;
+        };
+        if let Some(subs) = self.subs_of.get_mut(&topic) {
+            subs.retain(|&s| s != id);
+            if subs.is_empty() {
+                self.subs_of.remove(&topic);
+            }
+        }
+    }
+}
+
+/// Start the writer on `conn`; `durables` are the recovered subscriptions, `next_id` the first
+/// message id to hand out (`Recovered::next_id`).
 pub fn spawn_writer(
     conn: Conn,
     fence: Fence,
-    durables: &[DurableRow],
+    recovered: (&[DurableRow], u64),
+    stats: Arc<WriterStats>,
     forward: Forward,
     on_failure: Box<dyn FnOnce(StoreError) + Send>,
 ) -> std::io::Result<WriterHandle> {
     let (ops, rx) = crossbeam_channel::bounded(QUEUE_DEPTH);
+    let (durable_rows, next_id) = recovered;
+    let mut durables = Durables::default();
+    for row in durable_rows {
+        durables.insert(row.id, row.topic.clone());
+    }
     let mut writer = Writer {
         conn,
         fence,
-        durable_topics: durables.iter().map(|d| (d.id, d.topic.clone())).collect(),
+        durables,
+        next_id,
         next_transient: 1,
+        stats,
+        last_batch: 1,
+        last_commit: Duration::ZERO,
     };
     let thread = std::thread::Builder::new()
         .name("store-writer".to_string())
@@ -65,10 +132,16 @@ pub fn spawn_writer(
 struct Writer {
     conn: Conn,
     fence: Fence,
-    /// Durable subscription id -> topic, to know which topic messages need rows at all.
-    durable_topics: HashMap<u64, String>,
+    /// To know which topic messages need rows at all, and whose entries.
+    durables: Durables,
+    /// The next stored message's id: this writer, the only one, assigns them in send order.
+    next_id: u64,
     /// Counter for the ids of messages that are not stored.
     next_transient: u64,
+    stats: Arc<WriterStats>,
+    /// Operations in the last batch that reached the database, and how long it took.
+    last_batch: usize,
+    last_commit: Duration,
 }
 
 /// What one applied operation leaves to do after the commit.
@@ -78,6 +151,12 @@ pub(super) struct Outcome {
     pub(super) dones: Vec<Done>,
     /// Queue message rows to delete, gathered into one statement per batch.
     pub(super) deletes: Vec<u64>,
+    /// Message rows to insert, gathered into multi-row statements (`apply::write_rows`).
+    pub(super) inserts: Vec<Arc<Message>>,
+    /// Durable entries (subscription, message) to insert with them.
+    pub(super) entries: Vec<(u64, u64)>,
+    /// Message rows written so far in this batch.
+    pub(super) rows_written: u64,
 }
 
 impl Writer {
@@ -89,11 +168,7 @@ impl Writer {
     ) {
         loop {
             let batch = match rx.recv_timeout(self.fence.keepalive) {
-                Ok(first) => {
-                    let mut batch = vec![first];
-                    batch.extend(rx.try_iter().take(MAX_BATCH - 1));
-                    batch
-                }
+                Ok(first) => self.gather(first, &rx),
                 Err(RecvTimeoutError::Timeout) => Vec::new(),
                 Err(RecvTimeoutError::Disconnected) => return,
             };
@@ -119,6 +194,32 @@ impl Writer {
         }
     }
 
+    /// Everything queued behind `first`. When the previous batch was larger, wait a little for
+    /// as many operations to arrive (the senders of the last batch are answering their
+    /// receipts): without it, a batch taken the moment the first of N waiting producers sends
+    /// holds half of them, and the rest wait a whole extra commit. The wait is bounded by a
+    /// quarter of the last commit's time (`MAX_LINGER` at most), so a lone producer, whose
+    /// batches hold one operation, never waits.
+    fn gather(
+        &mut self,
+        first: StoreOp,
+        rx: &crossbeam_channel::Receiver<StoreOp>,
+    ) -> Vec<StoreOp> {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+        let want = self.last_batch.min(MAX_BATCH);
+        if batch.len() < want {
+            let deadline = Instant::now() + (self.last_commit / 4).min(MAX_LINGER);
+            while batch.len() < want {
+                match rx.recv_deadline(deadline) {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+        }
+        batch
+    }
+
     /// THE place every write transaction goes through.
     fn commit_batch(&mut self, batch: Vec<StoreOp>) -> Result<Outcome, (StoreError, Vec<Done>)> {
         let mut outcome = Outcome::default();
@@ -137,7 +238,7 @@ impl Writer {
         match op {
             StoreOp::Commit {
                 sends, removals, ..
-            } => removals.is_empty() && sends.iter().all(|m| transient(m, &self.durable_topics)),
+            } => removals.is_empty() && sends.iter().all(|m| transient(m, &self.durables)),
             _ => false,
         }
     }
@@ -162,7 +263,26 @@ impl Writer {
     }
 
     fn apply_all(&mut self, batch: Vec<StoreOp>, out: &mut Outcome) -> Result<(), StoreError> {
-        let durable_topics = &mut self.durable_topics;
+        let started = Instant::now();
+        let operations = batch.len() as u64;
+        self.write(batch, out)?;
+        let stats = &self.stats;
+        stats.transactions.fetch_add(1, Ordering::Relaxed);
+        stats.operations.fetch_add(operations, Ordering::Relaxed);
+        stats
+            .rows_inserted
+            .fetch_add(out.rows_written, Ordering::Relaxed);
+        self.last_batch = operations as usize;
+        self.last_commit = started.elapsed();
+        let micros = self.last_commit.as_micros().try_into().unwrap_or(u64::MAX);
+        stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// One fenced transaction: the epoch check, every operation, the gathered rows, COMMIT.
+    fn write(&mut self, batch: Vec<StoreOp>, out: &mut Outcome) -> Result<(), StoreError> {
+        let durables = &mut self.durables;
+        let next_id = &mut self.next_id;
         let next_transient = &mut self.next_transient;
         let mut tx = match self.conn.start_transaction(TxOpts::default()) {
             Ok(tx) => tx,
@@ -188,7 +308,8 @@ impl Writer {
             }
             let mut ctx = Apply {
                 tx: &mut tx,
-                durable_topics,
+                durables,
+                next_id,
                 next_transient,
             };
             if let Err(e) = ctx.apply(op, out) {
@@ -197,7 +318,9 @@ impl Writer {
         }
         let failure = match failure {
             Some(e) => Some(e),
-            None => delete_messages(&mut tx, &out.deletes).err(),
+            None => apply::write_rows(&mut tx, out)
+                .and_then(|()| delete_messages(&mut tx, &out.deletes))
+                .err(),
         };
         if let Some(e) = failure {
             give_up(tx, &e);
@@ -244,9 +367,9 @@ fn collect_done(op: StoreOp, out: &mut Outcome) {
 
 /// Whether a message is kept in memory only: non-persistent, or a topic message that no
 /// durable subscription will read.
-pub(super) fn transient(message: &Message, durable_topics: &HashMap<u64, String>) -> bool {
+pub(super) fn transient(message: &Message, durables: &Durables) -> bool {
     let topic_without_durables = message.destination.starts_with("/topic/")
-        && !durable_topics.values().any(|t| **t == *message.destination);
+        && durables.subscribers(&message.destination).is_empty();
     !message.persistent || topic_without_durables
 }
 
