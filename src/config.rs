@@ -42,6 +42,8 @@ pub struct Config {
     pub max_subscriptions: usize,
     /// Bytes of SEND bodies one open transaction may buffer.
     pub max_transaction_bytes: usize,
+    /// Waiting messages at which SENDs to a queue wait for consumers (flow control); 0 = none.
+    pub max_queue_depth: usize,
     /// Bytes of message bodies held in memory; beyond it bodies stay in the store until needed.
     pub memory_limit: usize,
     /// How long the database waits on a silent connection before dropping it (and the lock
@@ -92,6 +94,7 @@ const KEYS: &[&str] = &[
     "max_connections",
     "max_subscriptions",
     "max_transaction_bytes",
+    "max_queue_depth",
     "memory_limit",
     "lease",
 ];
@@ -118,6 +121,7 @@ impl Default for Config {
             max_connections: 10_000,
             max_subscriptions: 1000,
             max_transaction_bytes: 64 * 1024 * 1024,
+            max_queue_depth: 0,
             memory_limit: 64 * 1024 * 1024,
             lease: Duration::from_secs(10),
         }
@@ -237,6 +241,7 @@ impl Config {
             "max_connections" => self.max_connections = positive(value).map_err(bad)?,
             "max_subscriptions" => self.max_subscriptions = positive(value).map_err(bad)?,
             "max_transaction_bytes" => self.max_transaction_bytes = positive(value).map_err(bad)?,
+            "max_queue_depth" => self.max_queue_depth = number(value).map_err(bad)?,
             "lease" => self.lease = lease(value).map_err(bad)?,
             _ => {
                 return Err(bad(format!(

@@ -14,6 +14,8 @@
 //! - `router`: the single routing thread: destinations, subscriptions, in-flight deliveries.
 //! - `store`: all SQL: lock and fencing epoch, schema, recovery, the group-commit writer thread,
 //!   body paging.
+//! - `flow_control`: producer flow control: the store backlog budget and full queues, the gates
+//!   a SEND waits at.
 //! - `outbox`: a connection's bounded outgoing queue: delivery window, control credits.
 //! - `session`: one client connection: its reader thread (parse, execute) and writer thread.
 //! - `shutdown`: the stop signal every loop checks; wakes the accept loop.
@@ -26,6 +28,7 @@ pub mod codec;
 pub mod command;
 pub mod config;
 pub mod election;
+pub mod flow_control;
 pub mod message;
 pub mod outbox;
 pub mod queue;

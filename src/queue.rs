@@ -70,6 +70,14 @@ impl Entry {
         }
     }
 
+    /// The message's weight, resident or not.
+    pub fn weight(&self) -> usize {
+        match &self.slot {
+            Slot::Resident(m) => m.weight(),
+            Slot::Paged(p) => p.weight,
+        }
+    }
+
     pub fn message(&self) -> Option<&Arc<Message>> {
         match &self.slot {
             Slot::Resident(m) => Some(m),

@@ -8,6 +8,7 @@
 
 use crate::config::Config;
 use crate::election::{self, Election, Role, RoleInfo};
+use crate::flow_control::{FlowControl, STORE_BACKLOG_BYTES};
 use crate::message::now_ms;
 use crate::router::{Limits, Router, RouterMsg, INBOX_DEPTH};
 use crate::session::{self, Context};
@@ -36,6 +37,7 @@ pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), String> {
         role: role.clone(),
         router: Mutex::new(None),
         store: Arc::default(),
+        flow: Arc::new(FlowControl::new(STORE_BACKLOG_BYTES)),
     });
     // The status listener answers on slaves too (health 503): it is bound before the election.
     let status_thread = match config.status_listen {
@@ -98,7 +100,7 @@ fn serve(
         "recovered {count} messages in {} destinations",
         count_destinations(&recovered)
     );
-    let pipeline = Pipeline::start(config, shutdown, conn, epoch, recovered, &shared.store)?;
+    let pipeline = Pipeline::start(config, shutdown, conn, epoch, recovered, shared)?;
     set_router(shared, Some(pipeline.router.clone()));
     let ctx = Context {
         config: config.clone(),
@@ -106,6 +108,7 @@ fn serve(
         store: pipeline.writer.ops.clone(),
         shutdown: shutdown.clone(),
         role: shared.role.clone(),
+        flow: shared.flow.clone(),
     };
     let sessions = match TcpListener::bind(config.stomp_listen) {
         Ok(listener) => accept_loop(listener, ctx),
@@ -138,7 +141,7 @@ impl Pipeline {
         conn: Conn,
         epoch: u64,
         recovered: store::Recovered,
-        stats: &Arc<store::WriterStats>,
+        shared: &status::Shared,
     ) -> Result<Pipeline, String> {
         let (router, router_rx) = crossbeam_channel::bounded(INBOX_DEPTH);
         let forward_tx = router.clone();
@@ -154,7 +157,7 @@ impl Pipeline {
             conn,
             fence,
             (&recovered.durables, recovered.next_id),
-            stats.clone(),
+            (shared.store.clone(), shared.flow.clone()),
             forward,
             on_failure,
         )
@@ -169,8 +172,11 @@ impl Pipeline {
             max_redeliveries: config.max_redeliveries,
             memory_limit: config.memory_limit,
             max_subscriptions: config.max_subscriptions,
+            max_queue_depth: config.max_queue_depth,
+            max_transaction_bytes: config.max_transaction_bytes,
         };
-        let router_thread = Router::new(writer.ops.clone(), pages, limits, recovered)
+        let flow = shared.flow.clone();
+        let router_thread = Router::new(writer.ops.clone(), pages, limits, flow, recovered)
             .spawn(router_rx)
             .map_err(|e| format!("could not start the router: {e}"))?;
         Ok(Pipeline {

@@ -36,6 +36,7 @@ pub struct Shared {
     pub router: Mutex<Option<Sender<RouterMsg>>>,
     /// The store writer's counters (zero until this broker is master).
     pub store: Arc<crate::store::WriterStats>,
+    pub flow: Arc<crate::flow_control::FlowControl>,
 }
 
 /// Bind `addr` and answer requests on a new thread until shutdown.

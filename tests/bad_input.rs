@@ -379,3 +379,56 @@ fn connect_when_room(port: u16) -> Client {
         );
     }
 }
+
+/// Acks inside a transaction free the prefetch window, so what one transaction may hold is
+/// bounded by `max_transaction_bytes`; past it the ACK is refused, the connection closes, and
+/// every message comes back (nothing of the transaction was committed).
+#[test]
+fn acks_held_in_a_transaction_are_bounded() {
+    let url = shared_mariadb().create_database();
+    let b = Broker::start(&url, &[("HAMQ_MAX_TRANSACTION_BYTES", "2000")]);
+    let port = b.stomp_port();
+    let mut p = Client::connect(port);
+    for i in 0..10 {
+        p.send_with_receipt("/queue/held", format!("{i}:{}", "x".repeat(300)), &[]);
+    }
+    let mut c = Client::connect(port);
+    c.subscribe("/queue/held", "s", "client-individual", &[]);
+    c.send_frame_with_receipt("BEGIN", &[("transaction", "t")], b"");
+    let mut refused = None;
+    for _ in 0..10 {
+        let m = c.recv(TIMEOUT);
+        assert_eq!(m.command, "MESSAGE", "{m:?}");
+        let ack = m.header("ack").unwrap().to_string();
+        let headers = [("id", ack.as_str()), ("transaction", "t")];
+        if let Err(e) = c.try_with_receipt("ACK", &headers, b"", TIMEOUT) {
+            refused = Some(e);
+            break;
+        }
+    }
+    let error = refused.expect("ten 300-byte acks in a 2000-byte transaction were all held");
+    assert!(
+        error.contains("would hold more than 2000 bytes of acknowledged messages"),
+        "{error}"
+    );
+    assert!(c.recv_eof(TIMEOUT));
+    let mut r = Client::connect(port);
+    r.subscribe("/queue/held", "s", "auto", &[]);
+    let mut got: Vec<String> = (0..10)
+        .map(|_| {
+            r.recv(TIMEOUT)
+                .text()
+                .split(':')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    got.sort_by_key(|n| n.parse::<u32>().unwrap());
+    let expected: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    assert_eq!(got, expected);
+    assert!(
+        r.try_recv(Duration::from_millis(300)).is_none(),
+        "extra message"
+    );
+}

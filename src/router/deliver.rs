@@ -38,7 +38,8 @@ impl Router {
             }
         }
         for name in touched {
-            self.dispatch(&Source::Queue(name));
+            self.dispatch(&Source::Queue(name.clone()));
+            self.check_full(&name);
         }
     }
 

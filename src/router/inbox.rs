@@ -54,6 +54,7 @@ impl Router {
                 last_sweep = Instant::now();
             }
             self.flush_backlog();
+            self.release_full();
         }
         self.finish();
     }

@@ -23,6 +23,7 @@ mod stats;
 mod subscriptions;
 mod topics;
 
+use crate::flow_control::FlowControl;
 use crate::message::{Kind, Message, NON_PERSISTENT_BIT};
 use crate::outbox::Outbox;
 use crate::queue::{Entry, Queue, Slot};
@@ -42,6 +43,10 @@ pub struct Limits {
     pub memory_limit: usize,
     /// Subscriptions per connection.
     pub max_subscriptions: usize,
+    /// Waiting messages at which a queue's producers wait (flow control); 0 = no limit.
+    pub max_queue_depth: usize,
+    /// Weight of the messages one open transaction may hold acknowledged.
+    pub max_transaction_bytes: usize,
 }
 
 /// A connection's number, unique for the process.
@@ -168,8 +173,9 @@ struct Conn {
     reply: Sender<Answer>,
     /// Client subscription id -> router subscription key.
     subs: HashMap<String, u64>,
-    /// Acks inside open transactions, per transaction id.
-    held: HashMap<String, Vec<InFlight>>,
+    /// Acks inside open transactions, per transaction id, with their messages' weight
+    /// (bounded by `max_transaction_bytes`).
+    held: HashMap<String, (Vec<InFlight>, usize)>,
     /// Deliveries handed to the outbox so far.
     handed: u64,
 }
@@ -217,6 +223,11 @@ pub struct Router {
     memory_limit: usize,
     max_redeliveries: u32,
     max_subscriptions: usize,
+    max_queue_depth: usize,
+    max_transaction_bytes: usize,
+    /// Queues marked full in `flow` (see `check_full`).
+    full: HashSet<Arc<str>>,
+    flow: Arc<FlowControl>,
     next_seq: u64,
     next_sub: u64,
 }
@@ -227,12 +238,15 @@ impl Router {
         store: Sender<StoreOp>,
         pager: Sender<PageRequest<Source>>,
         limits: Limits,
+        flow: Arc<FlowControl>,
         recovered: Recovered,
     ) -> Router {
         let Limits {
             max_redeliveries,
             memory_limit,
             max_subscriptions,
+            max_queue_depth,
+            max_transaction_bytes,
         } = limits;
         let mut router = Router {
             conns: HashMap::new(),
@@ -255,6 +269,10 @@ impl Router {
             memory_limit,
             max_redeliveries,
             max_subscriptions,
+            max_queue_depth,
+            max_transaction_bytes,
+            full: HashSet::new(),
+            flow,
             next_seq: 1,
             next_sub: 1,
         };
@@ -271,7 +289,43 @@ impl Router {
                 d.queue.push(entry);
             }
         }
+        let names: Vec<Arc<str>> = router.queues.keys().cloned().collect();
+        for name in &names {
+            router.check_full(name);
+        }
         router
+    }
+
+    /// Flow control: mark queue `name` full once it holds `max_queue_depth` waiting messages
+    /// (its producers then wait in `FlowControl::admit`).
+    fn check_full(&mut self, name: &Arc<str>) {
+        if self.max_queue_depth == 0 || self.full.contains(name) {
+            return;
+        }
+        let depth = self.queues.get(name).map_or(0, |q| q.queue.len());
+        if depth >= self.max_queue_depth {
+            self.full.insert(name.clone());
+            self.flow.set_full(name, true);
+        }
+    }
+
+    /// Clear the marks of full queues that dropped below the limit (after each round of work).
+    fn release_full(&mut self) {
+        if self.full.is_empty() {
+            return;
+        }
+        let limit = self.max_queue_depth;
+        let queues = &self.queues;
+        let below: Vec<Arc<str>> = self
+            .full
+            .iter()
+            .filter(|name| queues.get(*name).is_none_or(|q| q.queue.len() < limit))
+            .cloned()
+            .collect();
+        for name in below {
+            self.full.remove(&name);
+            self.flow.set_full(&name, false);
+        }
     }
 
     /// Recovered entries start paged out. Everything recovered may have been delivered before

@@ -241,6 +241,11 @@ impl Router {
             Ok(found) => found,
             Err(problem) => return Reply::Refused(problem),
         };
+        if let (Some(tx), false) = (&transaction, nack) {
+            if let Err(problem) = self.may_hold(conn, key, pos, tx) {
+                return Reply::Refused(problem);
+            }
+        }
         let Some(sub) = self.subs.get_mut(&key) else {
             return Reply::Refused("subscription vanished".to_string());
         };
@@ -256,7 +261,9 @@ impl Router {
             Reply::Done
         } else if let Some(tx) = transaction {
             if let Some(c) = self.conns.get_mut(&conn) {
-                c.held.entry(tx).or_default().extend(taken);
+                let (flights, bytes) = c.held.entry(tx).or_default();
+                *bytes += taken.iter().map(|f| f.entry.weight()).sum::<usize>();
+                flights.extend(taken);
             }
             Reply::Done
         } else {
@@ -276,6 +283,37 @@ impl Router {
         reply
     }
 
+    /// Acks held in a transaction keep their messages until it ends, and no longer count
+    /// against the prefetch window: their weight is bounded per transaction instead.
+    fn may_hold(&self, conn: ConnId, key: u64, pos: usize, tx: &str) -> Result<(), String> {
+        let Some(sub) = self.subs.get(&key) else {
+            return Ok(());
+        };
+        let first = if sub.ack == super::AckMode::Client {
+            0
+        } else {
+            pos
+        };
+        let adding: usize = sub
+            .inflight
+            .range(first..=pos)
+            .map(|f| f.entry.weight())
+            .sum();
+        let holding = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.held.get(tx))
+            .map_or(0, |(_, bytes)| *bytes);
+        let limit = self.max_transaction_bytes;
+        if holding + adding > limit {
+            return Err(format!(
+                "transaction `{tx}` would hold more than {limit} bytes of acknowledged \
+                 messages; COMMIT or ABORT it first"
+            ));
+        }
+        Ok(())
+    }
+
     /// COMMIT: the held acks become removals for the store. ABORT: they are redelivered.
     pub(super) fn end_transaction(
         &mut self,
@@ -287,6 +325,7 @@ impl Router {
             .conns
             .get_mut(&conn)
             .and_then(|c| c.held.remove(transaction))
+            .map(|(flights, _)| flights)
             .unwrap_or_default();
         if commit {
             let removals = held
@@ -314,7 +353,7 @@ impl Router {
         for key in c.subs.into_values() {
             self.remove_sub(key, written);
         }
-        for flight in c.held.into_values().flatten() {
+        for flight in c.held.into_values().flat_map(|(flights, _)| flights) {
             self.redeliver(flight, true);
         }
     }

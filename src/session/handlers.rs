@@ -118,7 +118,8 @@ impl Session {
         self.commit_to_store(vec![message], Vec::new(), receipt)
     }
 
-    /// Queue a store commit whose RECEIPT (if asked for) is sent once it is durable.
+    /// Queue a store commit whose RECEIPT (if asked for) is sent once it is durable. Its SENDs
+    /// first pass flow control (the writer gives their bytes back after the batch).
     fn commit_to_store(
         &mut self,
         sends: Vec<Message>,
@@ -137,6 +138,17 @@ impl Session {
         if sends.is_empty() && removals.is_empty() && done.is_none() {
             return Flow::Continue;
         }
+        let flow = &self.ctx.flow;
+        let mut taken = 0;
+        for m in &sends {
+            if !flow.admit(&m.destination, m.body.len(), || {
+                self.ctx.shutdown.is_stopping()
+            }) {
+                flow.committed(taken);
+                return Flow::Close;
+            }
+            taken += m.body.len();
+        }
         let op = StoreOp::Commit {
             sends,
             removals,
@@ -145,6 +157,8 @@ impl Session {
         if self.to_store(op) {
             Flow::Continue
         } else {
+            // The writer is gone: it will not give the bytes back.
+            flow.committed(taken);
             Flow::Close
         }
     }

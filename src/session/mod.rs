@@ -35,6 +35,8 @@ pub struct Context {
     pub shutdown: Arc<Shutdown>,
     /// The election's view: CONNECT is refused while the lock is not known to be alive.
     pub role: Arc<crate::election::Role>,
+    /// Producer flow control: a SEND waits here before it goes to the store.
+    pub flow: Arc<crate::flow_control::FlowControl>,
 }
 
 /// How long any single wait lasts before shutdown is checked again.

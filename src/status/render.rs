@@ -131,6 +131,26 @@ pub fn metrics(shared: &Shared, role: &RoleInfo, stats: &Stats) -> String {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
     }
+    let flow = [
+        (
+            "hamq_flow_control_waits_total",
+            "counter",
+            "SENDs that waited for the store or a full queue",
+            shared.flow.waits(),
+        ),
+        (
+            "hamq_store_backlog_bytes",
+            "gauge",
+            "SEND body bytes waiting for the store writer",
+            shared.flow.pending() as u64,
+        ),
+    ];
+    for (name, kind, help, value) in flow {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
     type Figure = fn(&crate::router::DestinationStats) -> u64;
     let series: [(&str, &str, &str, Figure); 7] = [
         ("hamq_destination_depth", "gauge", "messages waiting", |d| {

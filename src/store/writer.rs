@@ -9,6 +9,7 @@
 
 use super::apply::{self, Apply};
 use super::{lock, Committed, Done, DurableRow, StoreError, StoreOp};
+use crate::flow_control::FlowControl;
 use crate::message::{Message, NON_PERSISTENT_BIT};
 use crossbeam_channel::RecvTimeoutError;
 use mysql::prelude::Queryable;
@@ -103,7 +104,7 @@ pub fn spawn_writer(
     conn: Conn,
     fence: Fence,
     recovered: (&[DurableRow], u64),
-    stats: Arc<WriterStats>,
+    (stats, flow): (Arc<WriterStats>, Arc<FlowControl>),
     forward: Forward,
     on_failure: Box<dyn FnOnce(StoreError) + Send>,
 ) -> std::io::Result<WriterHandle> {
@@ -120,6 +121,7 @@ pub fn spawn_writer(
         next_id,
         next_transient: 1,
         stats,
+        flow,
         last_batch: 1,
         last_commit: Duration::ZERO,
     };
@@ -139,6 +141,8 @@ struct Writer {
     /// Counter for the ids of messages that are not stored.
     next_transient: u64,
     stats: Arc<WriterStats>,
+    /// Gets back the body bytes of each batch's SENDs once it is done (see `flow_control`).
+    flow: Arc<FlowControl>,
     /// Operations in the last batch that reached the database, and how long it took.
     last_batch: usize,
     last_commit: Duration,
@@ -172,7 +176,10 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => Vec::new(),
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            match self.commit_batch(batch) {
+            let bytes = send_bytes(&batch);
+            let result = self.commit_batch(batch);
+            self.flow.committed(bytes);
+            match result {
                 Ok(outcome) => {
                     for committed in outcome.committed {
                         forward(committed);
@@ -187,7 +194,7 @@ impl Writer {
                         done(Err(error.clone()));
                     }
                     on_failure(error);
-                    fail_remaining(&rx);
+                    fail_remaining(&rx, &self.flow);
                     return;
                 }
             }
@@ -346,14 +353,25 @@ fn give_up(tx: Transaction<'_>, error: &StoreError) {
 }
 
 /// After a failure, keep answering senders until they are all gone, so no one waits for ever.
-fn fail_remaining(rx: &crossbeam_channel::Receiver<StoreOp>) {
+fn fail_remaining(rx: &crossbeam_channel::Receiver<StoreOp>, flow: &FlowControl) {
     for op in rx.iter() {
+        flow.committed(send_bytes(std::slice::from_ref(&op)));
         let mut out = Outcome::default();
         collect_done(op, &mut out);
         for done in out.dones {
             done(Err(StoreError::Stopped));
         }
     }
+}
+
+/// Body bytes of the SENDs in `ops`: what their senders took from the flow-control budget.
+fn send_bytes(ops: &[StoreOp]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            StoreOp::Commit { sends, .. } => sends.iter().map(|m| m.body.len()).sum(),
+            _ => 0,
+        })
+        .sum()
 }
 
 fn collect_done(op: StoreOp, out: &mut Outcome) {

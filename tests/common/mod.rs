@@ -24,6 +24,7 @@ mod load;
 mod mariadb;
 mod netns;
 mod output;
+pub mod probe;
 mod process;
 pub mod supervise;
 
@@ -32,7 +33,7 @@ pub use client::{Client, Frame, TIMEOUT};
 pub use load::{Ledger, Load, QUEUE};
 pub use mariadb::{shared_mariadb, MariaDb};
 pub use netns::{Cut, NetNs, Veth};
-pub use process::{free_port, wait_or_kill};
+pub use process::{free_port, poll, wait_or_kill};
 
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
