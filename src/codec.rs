@@ -419,19 +419,31 @@ fn write_raw(s: &str, out: &mut Vec<u8>) {
 /// CONNECT/CONNECTED); writes `command\n`, headers, `\n`, body, NUL. Does NOT add
 /// content-length itself (callers add it).
 pub fn encode(frame: &Frame, version: Version, out: &mut Vec<u8>) {
-    let escape = escapes_headers(&frame.command, version);
+    let headers = frame.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+    encode_head(&frame.command, headers, version, out);
+    out.extend_from_slice(&frame.body);
+    out.push(0);
+}
+
+/// A frame's command line, headers and blank line: what comes before its body (the caller
+/// writes the body and the NUL itself, e.g. straight from a shared message).
+pub fn encode_head<'a>(
+    command: &str,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    version: Version,
+    out: &mut Vec<u8>,
+) {
+    let escape = escapes_headers(command, version);
     let write = if escape { write_escaped } else { write_raw };
-    write_raw(&frame.command, out);
+    write_raw(command, out);
     out.push(b'\n');
-    for (name, value) in &frame.headers {
+    for (name, value) in headers {
         write(name, out);
         out.push(b':');
         write(value, out);
         out.push(b'\n');
     }
     out.push(b'\n');
-    out.extend_from_slice(&frame.body);
-    out.push(0);
 }
 
 #[cfg(test)]

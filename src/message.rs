@@ -3,7 +3,7 @@
 //! Plain data shared (behind `Arc`) by the session, store and router threads; it calls only the
 //! codec's `Frame`. Nothing here blocks.
 
-use crate::codec::Frame;
+use crate::codec::{encode_head, Version};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -159,33 +159,40 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// The MESSAGE frame; `content-length` is always set (clients rely on it for binary bodies).
-    pub fn to_frame(&self) -> Frame {
+    /// The MESSAGE frame up to its body; `content-length` is always set (clients rely on it
+    /// for binary bodies). The writer sends the body from the shared message, uncopied.
+    pub fn encode_head(&self, version: Version, out: &mut Vec<u8>) {
         let m = &self.message;
-        let mut frame = Frame::new("MESSAGE")
-            .with_header("destination", &m.destination)
-            .with_header("message-id", &m.message_id())
-            .with_header("subscription", &self.subscription)
-            .with_header("ack", &self.ack)
-            .with_header("priority", &m.priority.to_string())
-            .with_header("expires", &m.expires.to_string())
-            .with_header("timestamp", &m.timestamp.to_string())
-            .with_header("content-length", &m.body.len().to_string());
+        let numbers = [
+            m.message_id(),
+            m.priority.to_string(),
+            m.expires.to_string(),
+            m.timestamp.to_string(),
+            m.body.len().to_string(),
+            self.redeliveries.to_string(),
+        ];
+        let mut headers = vec![
+            ("destination", &*m.destination),
+            ("message-id", numbers[0].as_str()),
+            ("subscription", &*self.subscription),
+            ("ack", self.ack.as_str()),
+            ("priority", numbers[1].as_str()),
+            ("expires", numbers[2].as_str()),
+            ("timestamp", numbers[3].as_str()),
+            ("content-length", numbers[4].as_str()),
+        ];
         if m.persistent {
-            frame = frame.with_header("persistent", "true");
+            headers.push(("persistent", "true"));
         }
         if self.redelivered {
-            frame = frame
-                .with_header("redelivered", "true")
-                .with_header("redelivery-count", &self.redeliveries.to_string());
+            headers.push(("redelivered", "true"));
+            headers.push(("redelivery-count", numbers[5].as_str()));
         }
         if let Some(original) = &m.original_destination {
-            frame = frame.with_header("original-destination", original);
+            headers.push(("original-destination", original.as_str()));
         }
-        for (name, value) in &m.headers {
-            frame = frame.with_header(name, value);
-        }
-        frame.with_body(m.body.clone())
+        headers.extend(m.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        encode_head("MESSAGE", headers, version, out);
     }
 }
 

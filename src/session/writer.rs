@@ -87,8 +87,17 @@ pub fn run(
                 inbox.written_control();
             }
             Outgoing::Message(delivery) => {
-                encode(&delivery.to_frame(), settings.version(), &mut buf);
-                inbox.written_message(delivery.message.body.len());
+                delivery.encode_head(settings.version(), &mut buf);
+                let body = &delivery.message.body;
+                let written = out
+                    .write_all(&buf)
+                    .and_then(|()| out.write_all(body))
+                    .and_then(|()| out.write_all(b"\0"));
+                if let Err(e) = written {
+                    break Err(e);
+                }
+                inbox.written_message(body.len());
+                buf.clear();
             }
             Outgoing::Close => {
                 let flushed = out.flush();
