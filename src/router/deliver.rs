@@ -57,12 +57,11 @@ impl Router {
         for key in subscribers {
             self.offer(key, message.clone());
         }
-        let durables: Vec<u64> = self
-            .durables
-            .values()
-            .filter(|d| *d.row.topic == *message.destination)
-            .map(|d| d.row.id)
-            .collect();
+        let durables = self
+            .durables_of
+            .get(&*message.destination)
+            .cloned()
+            .unwrap_or_default();
         for id in durables {
             let entry = self.new_entry(message.clone());
             self.push_entry(&Source::Durable(id), entry);

@@ -202,6 +202,8 @@ pub struct Router {
     topics: HashMap<Arc<str>, Vec<u64>>,
     durables: HashMap<u64, Durable>,
     durable_names: HashMap<(String, String), u64>,
+    /// Topic -> its durable subscriptions, in id order (what `fan_out` looks up).
+    durables_of: HashMap<String, Vec<u64>>,
     /// Sources that have pending messages and a consumer whose outbox was full.
     blocked: HashSet<Source>,
     /// Topic subscriptions with a backlog waiting for room.
@@ -255,6 +257,7 @@ impl Router {
             topics: HashMap::new(),
             durables: HashMap::new(),
             durable_names: HashMap::new(),
+            durables_of: HashMap::new(),
             blocked: HashSet::new(),
             blocked_subs: HashSet::new(),
             auto_pending: HashSet::new(),
@@ -339,6 +342,21 @@ impl Router {
         }
     }
 
+    fn index_durable(&mut self, row: &DurableRow) {
+        let ids = self.durables_of.entry(row.topic.clone()).or_default();
+        let at = ids.partition_point(|&id| id < row.id);
+        ids.insert(at, row.id);
+    }
+
+    fn unindex_durable(&mut self, row: &DurableRow) {
+        if let Some(ids) = self.durables_of.get_mut(&row.topic) {
+            ids.retain(|&id| id != row.id);
+            if ids.is_empty() {
+                self.durables_of.remove(&row.topic);
+            }
+        }
+    }
+
     fn seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
@@ -354,11 +372,16 @@ impl Router {
                     .iter()
                     .map(Entry::resident_bytes)
                     .sum();
-                existing.row = row;
+                let old = std::mem::replace(&mut existing.row, row);
                 self.resident -= dropped;
+                self.unindex_durable(&old);
+                if let Some(row) = self.durables.get(&old.id).map(|d| d.row.clone()) {
+                    self.index_durable(&row);
+                }
             }
             return;
         }
+        self.index_durable(&row);
         self.durable_names
             .insert((row.client_id.clone(), row.name.clone()), row.id);
         self.durables.insert(

@@ -176,6 +176,7 @@ impl Router {
         }
         self.durable_names.remove(&name);
         if let Some(mut durable) = self.durables.remove(&durable_id) {
+            self.unindex_durable(&durable.row);
             let dropped: usize = durable
                 .queue
                 .drain()
