@@ -7,7 +7,8 @@
 
 mod common;
 
-use common::{free_port, shared_mariadb, Broker, Client, Load, MariaDb, QUEUE};
+use common::{free_port, shared_mariadb, Broker, Client, Load, MariaDb, QUEUE, TIMEOUT};
+use mysql::prelude::Queryable;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -228,4 +229,54 @@ fn the_documented_privileges_are_enough() {
     let mut c = Client::connect(pair.ports[1]);
     c.subscribe(QUEUE, "s", "auto", &[]);
     assert_eq!(c.recv(STEP).text(), "kept");
+}
+
+/// Fencing without a second broker: once the epoch moved on (as a new master's takeover does),
+/// neither a batch of SENDs (one self-fencing INSERT) nor a transaction with an ACK (the epoch
+/// check first) writes anything: no RECEIPT, the broker stops saying it was deposed, and the
+/// store holds exactly what it held before.
+#[test]
+fn a_moved_epoch_fences_sends_and_acks() {
+    let db = shared_mariadb();
+    let url = db.create_database();
+    let database = url.rsplit('/').next().unwrap().to_string();
+    let mut root = db.root_conn();
+    root.query_drop(format!("USE `{database}`")).unwrap();
+    let rows = |root: &mut mysql::Conn| -> Vec<String> {
+        root.query("SELECT CAST(body AS CHAR) FROM hamq_messages ORDER BY id")
+            .unwrap()
+    };
+
+    // SENDs: the single-INSERT path.
+    let mut b = Broker::start(&url, &[]);
+    let mut p = Client::connect(b.stomp_port());
+    p.send_with_receipt("/queue/fence", "before", &[]);
+    root.query_drop("UPDATE hamq_epoch SET epoch = epoch + 1 WHERE id = 1")
+        .unwrap();
+    let refused = p.try_with_receipt("SEND", &[("destination", "/queue/fence")], b"after", STEP);
+    assert!(
+        refused.is_err(),
+        "a deposed master confirmed a SEND: {refused:?}"
+    );
+    let status = b.wait_exit(STEP).expect("the deposed broker did not stop");
+    assert!(!status.success());
+    assert!(b.count_log("deposed: the datastore's epoch is") > 0);
+    assert_eq!(rows(&mut root), vec!["before".to_string()]);
+
+    // An ACK: the transaction path.
+    let mut b = Broker::start(&url, &[]);
+    let mut c = Client::connect(b.stomp_port());
+    c.subscribe("/queue/fence", "s", "client-individual", &[]);
+    let m = c.recv(TIMEOUT);
+    root.query_drop("UPDATE hamq_epoch SET epoch = epoch + 1 WHERE id = 1")
+        .unwrap();
+    let refused = c.try_with_receipt("ACK", &[("id", m.header("ack").unwrap())], b"", STEP);
+    assert!(
+        refused.is_err(),
+        "a deposed master confirmed an ACK: {refused:?}"
+    );
+    let status = b.wait_exit(STEP).expect("the deposed broker did not stop");
+    assert!(!status.success());
+    assert!(b.count_log("deposed: the datastore's epoch is") > 0);
+    assert_eq!(rows(&mut root), vec!["before".to_string()]);
 }

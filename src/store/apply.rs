@@ -6,7 +6,7 @@ use super::writer::{push_messages, transient, Durables, Outcome};
 use super::{column, encode_headers, Committed, DurableRow, StoreError, StoreOp, Target};
 use crate::message::{Message, NON_PERSISTENT_BIT};
 use mysql::prelude::Queryable;
-use mysql::{Transaction, Value};
+use mysql::{Conn, Transaction, Value};
 use std::sync::Arc;
 
 /// Most message rows in one INSERT statement.
@@ -73,32 +73,19 @@ impl Apply<'_, '_, '_> {
         Ok(())
     }
 
-    fn transient_id(&mut self) -> u64 {
-        *self.next_transient += 1;
-        NON_PERSISTENT_BIT | *self.next_transient
-    }
-
     fn message_id(&mut self) -> u64 {
         let id = *self.next_id;
         *self.next_id += 1;
         id
     }
 
-    /// Give a message its id. A persistent one (queues, and topics that have durable
-    /// subscriptions) joins the rows to insert, with an entry per durable subscription of its
-    /// topic; every other message gets a transient id.
-    fn insert(&mut self, mut message: Message, out: &mut Outcome) -> Arc<Message> {
-        if transient(&message, self.durables) {
-            message.id = self.transient_id();
-            return Arc::new(message);
-        }
-        message.id = self.message_id();
-        let subscribers = self.durables.subscribers(&message.destination);
-        out.entries
-            .extend(subscribers.iter().map(|&sub| (sub, message.id)));
-        let message = Arc::new(message);
-        out.inserts.push(message.clone());
-        message
+    fn insert(&mut self, message: Message, out: &mut Outcome) -> Arc<Message> {
+        assign(
+            message,
+            self.durables,
+            (self.next_id, self.next_transient),
+            out,
+        )
     }
 
     fn last_id(&mut self) -> Result<u64, StoreError> {
@@ -248,6 +235,63 @@ impl Apply<'_, '_, '_> {
     }
 }
 
+/// Give a message its id from `(next_id, next_transient)`. A persistent one (queues, and topics
+/// that have durable subscriptions) joins the rows to insert, with an entry per durable
+/// subscription of its topic; every other message gets a transient id.
+pub(super) fn assign(
+    mut message: Message,
+    durables: &Durables,
+    (next_id, next_transient): (&mut u64, &mut u64),
+    out: &mut Outcome,
+) -> Arc<Message> {
+    if transient(&message, durables) {
+        *next_transient += 1;
+        message.id = NON_PERSISTENT_BIT | *next_transient;
+        return Arc::new(message);
+    }
+    message.id = *next_id;
+    *next_id += 1;
+    let subscribers = durables.subscribers(&message.destination);
+    out.entries
+        .extend(subscribers.iter().map(|&sub| (sub, message.id)));
+    let message = Arc::new(message);
+    out.inserts.push(message.clone());
+    message
+}
+
+/// Write `messages` (at most one statement's worth) in ONE autocommitted statement fenced by
+/// itself: `INSERT ... SELECT <row> FROM hamq_epoch WHERE epoch = ours UNION ALL ...`. Under
+/// REPEATABLE READ (which `store::connect` sets) an INSERT ... SELECT reads the epoch row with
+/// a shared lock, as `lock::check_epoch` does, so a takeover waits for it, and after one the
+/// statement inserts nothing. Returns the rows inserted: all of them, or none when deposed.
+pub(super) fn insert_fenced(
+    conn: &mut Conn,
+    messages: &[Arc<Message>],
+    epoch: u64,
+) -> Result<u64, StoreError> {
+    let arm = format!(
+        "SELECT {} FROM hamq_epoch WHERE id = 1 AND epoch = ?",
+        ["?"; 8].join(", ")
+    );
+    let sql = format!(
+        "INSERT INTO hamq_messages (id, destination, priority, expires, timestamp, \
+         original_destination, headers, body) {}",
+        vec![arm; messages.len()].join(" UNION ALL ")
+    );
+    let mut params = Vec::with_capacity(messages.len() * 9);
+    for m in messages {
+        params.extend(row_values(m));
+        params.push(Value::from(epoch));
+    }
+    conn.exec_drop(sql, params)?;
+    Ok(conn.affected_rows())
+}
+
+/// Whether `messages` fit one INSERT statement (see `write_rows`).
+pub(super) fn fits_one_statement(rows: usize, bytes: usize) -> bool {
+    rows <= ROWS_PER_INSERT && (rows <= 1 || bytes < BYTES_PER_INSERT)
+}
+
 /// Write the gathered message rows and durable entries: multi-row INSERTs with the ids the
 /// writer assigned, so a batch of N SENDs costs a statement or a few, not N round trips.
 pub(super) fn write_rows(tx: &mut Transaction<'_>, out: &mut Outcome) -> Result<(), StoreError> {
@@ -286,21 +330,23 @@ fn insert_messages(tx: &mut Transaction<'_>, messages: &[Arc<Message>]) -> Resul
          original_destination, headers, body) VALUES {}",
         placeholders(messages.len(), 8)
     );
-    let mut params = Vec::with_capacity(messages.len() * 8);
-    for m in messages {
-        params.extend([
-            Value::from(m.id),
-            Value::from(&*m.destination),
-            Value::from(m.priority),
-            Value::from(m.expires),
-            Value::from(m.timestamp),
-            Value::from(m.original_destination.as_deref()),
-            Value::from(encode_headers(&m.headers)),
-            Value::from(m.body.as_slice()),
-        ]);
-    }
+    let params: Vec<Value> = messages.iter().flat_map(|m| row_values(m)).collect();
     tx.exec_drop(sql, params)?;
     Ok(())
+}
+
+/// A message row's values, in the column order of the INSERTs above.
+fn row_values(m: &Message) -> [Value; 8] {
+    [
+        Value::from(m.id),
+        Value::from(&*m.destination),
+        Value::from(m.priority),
+        Value::from(m.expires),
+        Value::from(m.timestamp),
+        Value::from(m.original_destination.as_deref()),
+        Value::from(encode_headers(&m.headers)),
+        Value::from(m.body.as_slice()),
+    ]
 }
 
 /// `(?, ?), (?, ?)` for `rows` rows of `columns` values.

@@ -183,6 +183,9 @@ pub fn connect(
             "SET SESSION innodb_lock_wait_timeout = {}",
             lock_wait.as_secs().max(1)
         ),
+        // Fencing relies on INSERT ... SELECT locking the epoch row it reads (writer::apply),
+        // which READ COMMITTED would not do: never inherit it from the server's default.
+        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ".to_string(),
     ];
     let opts = OptsBuilder::from_opts(opts)
         .tcp_connect_timeout(Some(Duration::from_secs(5)))

@@ -10,7 +10,7 @@
 use super::apply::{self, Apply};
 use super::{lock, Committed, Done, DurableRow, StoreError, StoreOp};
 use crate::flow_control::FlowControl;
-use crate::message::{Message, NON_PERSISTENT_BIT};
+use crate::message::Message;
 use crossbeam_channel::RecvTimeoutError;
 use mysql::prelude::Queryable;
 use mysql::{Conn, Transaction, TxOpts};
@@ -231,7 +231,9 @@ impl Writer {
     fn commit_batch(&mut self, batch: Vec<StoreOp>) -> Result<Outcome, (StoreError, Vec<Done>)> {
         let mut outcome = Outcome::default();
         if !batch.is_empty() && batch.iter().all(|op| self.stays_in_memory(op)) {
-            self.pass_through(batch, &mut outcome);
+            // Nothing to write: ids are assigned, messages routed in order, receipts sent. (The
+            // idle keep-alive batch is empty and still runs its fence.)
+            self.assign_all(batch, &mut outcome);
             return Ok(outcome);
         }
         match self.apply_all(batch, &mut outcome) {
@@ -250,19 +252,17 @@ impl Writer {
         }
     }
 
-    /// A batch with nothing to write skips the database: ids are assigned, messages routed in
-    /// order, receipts sent. (The idle keep-alive batch is empty and still runs its fence.)
-    fn pass_through(&mut self, batch: Vec<StoreOp>, out: &mut Outcome) {
+    /// Ids for the SENDs of a batch of `Commit`s without removals; their rows (if any) wait in
+    /// `out.inserts`, their messages in `out.committed`.
+    fn assign_all(&mut self, batch: Vec<StoreOp>, out: &mut Outcome) {
+        let (durables, next_id, next_transient) =
+            (&self.durables, &mut self.next_id, &mut self.next_transient);
         for op in batch {
             if let StoreOp::Commit { sends, done, .. } = op {
                 out.dones.extend(done);
                 let routed = sends
                     .into_iter()
-                    .map(|mut m| {
-                        self.next_transient += 1;
-                        m.id = NON_PERSISTENT_BIT | self.next_transient;
-                        Arc::new(m)
-                    })
+                    .map(|m| apply::assign(m, durables, (&mut *next_id, &mut *next_transient), out))
                     .collect();
                 push_messages(out, routed);
             }
@@ -272,7 +272,11 @@ impl Writer {
     fn apply_all(&mut self, batch: Vec<StoreOp>, out: &mut Outcome) -> Result<(), StoreError> {
         let started = Instant::now();
         let operations = batch.len() as u64;
-        self.write(batch, out)?;
+        if self.one_insert_does(&batch) {
+            self.write_one_insert(batch, out)?;
+        } else {
+            self.write(batch, out)?;
+        }
         let stats = &self.stats;
         stats.transactions.fetch_add(1, Ordering::Relaxed);
         stats.operations.fetch_add(operations, Ordering::Relaxed);
@@ -283,6 +287,57 @@ impl Writer {
         self.last_commit = started.elapsed();
         let micros = self.last_commit.as_micros().try_into().unwrap_or(u64::MAX);
         stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the batch is only SENDs whose rows fit one statement and need no durable entries
+    /// (the common case: producers sending to queues).
+    fn one_insert_does(&self, batch: &[StoreOp]) -> bool {
+        let (mut rows, mut bytes) = (0, 0);
+        for op in batch {
+            let StoreOp::Commit {
+                sends, removals, ..
+            } = op
+            else {
+                return false;
+            };
+            if !removals.is_empty() {
+                return false;
+            }
+            for m in sends.iter().filter(|m| !transient(m, &self.durables)) {
+                if m.destination.starts_with("/topic/") {
+                    return false;
+                }
+                rows += 1;
+                bytes += m.body.len();
+            }
+        }
+        rows > 0 && apply::fits_one_statement(rows, bytes)
+    }
+
+    /// Such a batch costs one round trip and one fsync: a single autocommitted INSERT that
+    /// fences itself (see `apply::insert_fenced`).
+    fn write_one_insert(
+        &mut self,
+        batch: Vec<StoreOp>,
+        out: &mut Outcome,
+    ) -> Result<(), StoreError> {
+        self.assign_all(batch, out);
+        let rows = std::mem::take(&mut out.inserts);
+        let written =
+            apply::insert_fenced(&mut self.conn, &rows, self.fence.epoch).map_err(|e| match e {
+                // Autocommitted: a statement whose answer was lost may have committed.
+                StoreError::Unreachable(e) => StoreError::Unconfirmed(e),
+                other => other,
+            })?;
+        if written != rows.len() as u64 {
+            let (_, current) = lock::holder(&mut self.conn)?;
+            return Err(StoreError::Deposed {
+                ours: self.fence.epoch,
+                current,
+            });
+        }
+        out.rows_written += written;
         Ok(())
     }
 
