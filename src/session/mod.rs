@@ -35,6 +35,8 @@ pub struct Context {
     pub shutdown: Arc<Shutdown>,
     /// The election's view: CONNECT is refused while the lock is not known to be alive.
     pub role: Arc<crate::election::Role>,
+    /// Checks CONNECT's credentials and each SEND's and SUBSCRIBE's permission.
+    pub auth: Arc<crate::auth::Authenticator>,
 }
 
 /// How long any single wait lasts before shutdown is checked again.
@@ -58,6 +60,8 @@ struct Session {
     decoder: Decoder,
     /// None until CONNECT succeeded.
     version: Option<Version>,
+    /// The configured user CONNECT logged in as; None when no users are configured.
+    user: Option<String>,
     client_id: Option<String>,
     /// Open transactions: their buffered SENDs and those SENDs' body bytes.
     transactions: HashMap<String, (Vec<crate::message::Message>, usize)>,
@@ -93,6 +97,7 @@ pub fn serve(id: ConnId, stream: TcpStream, ctx: Context) {
             max_frame: config.max_frame,
         }),
         version: None,
+        user: None,
         client_id: None,
         transactions: HashMap::new(),
         silence_limit: None,

@@ -3,6 +3,7 @@
 use super::output::Output;
 use super::process::{self, kill_and_wait};
 use std::fs;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -195,6 +196,32 @@ impl Drop for Broker {
         kill_and_wait(&mut self.child);
         let _ = fs::remove_file(&self.config);
     }
+}
+
+/// The `users` value for `password`: what `hamq hash --iterations 10000` prints for it (the
+/// fewest iterations hamq accepts, so that test brokers check passwords quickly).
+pub fn hash_password(password: &str) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hamq"));
+    cmd.args(["hash", "--iterations", "10000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = process::spawn(cmd).unwrap_or_else(|e| panic!("cannot run `hamq hash`: {e}"));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("writing the password to `hamq hash`");
+    drop(stdin);
+    let status = process::wait_or_kill(&mut child, START_TIMEOUT, "`hamq hash`");
+    assert!(status.success(), "`hamq hash` failed: {status}");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut out)
+        .expect("`hamq hash` prints UTF-8");
+    out.trim_end().to_string()
 }
 
 /// The port in `... listening for STOMP on 127.0.0.1:PORT ...`.
