@@ -198,30 +198,44 @@ impl Drop for Broker {
     }
 }
 
-/// The `users` value for `password`: what `hamq hash --iterations 10000` prints for it (the
+/// The hash of `password` for the `users` key, made by `hamq hash --iterations 10000` (the
 /// fewest iterations hamq accepts, so that test brokers check passwords quickly).
 pub fn hash_password(password: &str) -> String {
+    let (status, out, err) = hamq_hash(&["--iterations", "10000"], &format!("{password}\n"));
+    assert!(status.success(), "`hamq hash` failed ({status}): {err}");
+    out.trim_end().to_string()
+}
+
+/// Runs `hamq hash ARGS` with `input` on stdin: (exit status, stdout, stderr). Killed and
+/// reaped if it runs longer than 30 s.
+pub fn hamq_hash(args: &[&str], input: &str) -> (ExitStatus, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hamq"));
-    cmd.args(["hash", "--iterations", "10000"])
+    cmd.arg("hash")
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::piped());
     let mut child = process::spawn(cmd).unwrap_or_else(|e| panic!("cannot run `hamq hash`: {e}"));
     let mut stdin = child.stdin.take().expect("piped stdin");
     stdin
-        .write_all(format!("{password}\n").as_bytes())
+        .write_all(input.as_bytes())
         .expect("writing the password to `hamq hash`");
     drop(stdin);
+    // Its output is one short line: it fits the pipes, so waiting first cannot block it.
     let status = process::wait_or_kill(&mut child, START_TIMEOUT, "`hamq hash`");
-    assert!(status.success(), "`hamq hash` failed: {status}");
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .expect("piped stdout")
-        .read_to_string(&mut out)
+    (
+        status,
+        read_pipe(child.stdout.take()),
+        read_pipe(child.stderr.take()),
+    )
+}
+
+fn read_pipe(pipe: Option<impl Read>) -> String {
+    let mut text = String::new();
+    pipe.expect("a piped output")
+        .read_to_string(&mut text)
         .expect("`hamq hash` prints UTF-8");
-    out.trim_end().to_string()
+    text
 }
 
 /// The port in `... listening for STOMP on 127.0.0.1:PORT ...`.

@@ -28,7 +28,7 @@ mod output;
 mod process;
 pub mod supervise;
 
-pub use broker::{hash_password, Broker};
+pub use broker::{hamq_hash, hash_password, Broker};
 pub use client::{Client, Frame, TIMEOUT};
 pub use load::{Ledger, Load, QUEUE};
 pub use mariadb::{shared_mariadb, MariaDb};
