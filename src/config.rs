@@ -473,15 +473,11 @@ mod tests {
             (err.key.as_str(), err.origin.as_str()),
             ("permit", "line 5 of test.conf")
         );
+        let app = format!("users = app:{HASH}\n");
         for (users, rule, login) in [
-            (HASH, "bob read /queue/a", "`bob`"),
+            (app.as_str(), "bob read /queue/a", "`bob`"),
             ("", "* read /queue/a", "`*`"),
         ] {
-            let users = if users.is_empty() {
-                String::new()
-            } else {
-                format!("users = app:{users}\n")
-            };
             let err =
                 parse(&format!("datastore = {URL}\n{users}permit = {rule}\n"), &[]).unwrap_err();
             assert_eq!(err.key, "permit");

@@ -194,7 +194,10 @@ fn admin_login(shared: &Shared, head: &str) -> Result<Option<String>, Response> 
         if !name.trim().eq_ignore_ascii_case("authorization") {
             return None;
         }
-        let encoded = value.trim().strip_prefix("Basic ")?;
+        let (scheme, encoded) = value.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
             .ok()?;

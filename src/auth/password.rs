@@ -14,8 +14,9 @@ use subtle::ConstantTimeEq;
 /// The scheme's name, the first field of the string.
 const SCHEME: &str = "pbkdf2-sha256";
 /// Iterations of new hashes unless `hamq hash --iterations N` says otherwise: one verification
-/// takes about 30 ms on one core of an x86 server with SHA extensions (a release build), about
-/// 100 ms without them; slow for a guesser, cheap for one CONNECT (and remembered, see `auth`).
+/// takes about 30 ms on one core of an x86 server with SHA extensions (a release build; several
+/// times that without them): slow for a guesser, cheap for one CONNECT (and remembered, see
+/// `auth`).
 pub const ITERATIONS: u32 = 300_000;
 /// Fewer iterations than this are refused in the configuration: such a hash is too quick to guess.
 pub const MIN_ITERATIONS: u32 = 10_000;
