@@ -1,14 +1,20 @@
 //! The admin commands (`hamq status`, `hamq queues`, `hamq browse DEST`, `hamq purge DEST`): a
 //! small HTTP client of the broker's status listener on this host (`status_listen`), printing
-//! the plain-text tables it answers. Runs on the main thread of a short-lived process.
+//! the plain-text tables it answers, with the credentials of `HAMQ_ADMIN_USER` and
+//! `HAMQ_ADMIN_PASSWORD` when set. And `hamq hash`, which needs no broker: it reads a password
+//! on stdin and prints its hash for the `users` key. Runs on the main thread of a short-lived
+//! process.
 
+use crate::auth::password::{self, PasswordHash};
 use crate::config::Config;
-use std::io::{Read, Write};
+use base64::Engine;
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 /// The commands and the usage line that names them.
-pub const USAGE: &str = "hamq status | queues | browse /queue/NAME | purge /queue/NAME";
+pub const USAGE: &str = "hamq status | queues | browse /queue/NAME | purge /queue/NAME
+                 | hash [--iterations N]   (password on stdin)";
 
 /// Run the command in `args` (after `hamq`); Ok(output) on an HTTP 200, Err(message) otherwise.
 pub fn run(config: &Config, args: &[String]) -> Result<String, String> {
@@ -28,7 +34,10 @@ pub fn run(config: &Config, args: &[String]) -> Result<String, String> {
     let timeout = Some(Duration::from_secs(5));
     let _ = stream.set_read_timeout(timeout);
     let _ = stream.set_write_timeout(timeout);
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let credentials = credentials()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{credentials}Connection: close\r\n\r\n"
+    );
     stream
         .write_all(request.as_bytes())
         .map_err(|e| format!("sending to {addr}: {e}"))?;
@@ -39,9 +48,68 @@ pub fn run(config: &Config, args: &[String]) -> Result<String, String> {
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     if head.starts_with("HTTP/1.1 200") {
         Ok(body.to_string())
+    } else if head.starts_with("HTTP/1.1 401") {
+        Err(format!(
+            "{} (give a user with HAMQ_ADMIN_USER and HAMQ_ADMIN_PASSWORD)",
+            body.trim_end()
+        ))
     } else {
         Err(body.trim_end().to_string())
     }
+}
+
+/// The `Authorization` header line from `HAMQ_ADMIN_USER` and `HAMQ_ADMIN_PASSWORD`, or nothing
+/// when neither is set.
+fn credentials() -> Result<String, String> {
+    let user = std::env::var("HAMQ_ADMIN_USER").ok();
+    let password = std::env::var("HAMQ_ADMIN_PASSWORD").ok();
+    match (user, password) {
+        (None, None) => Ok(String::new()),
+        (Some(user), Some(password)) => {
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            Ok(format!("Authorization: Basic {token}\r\n"))
+        }
+        _ => Err("set both HAMQ_ADMIN_USER and HAMQ_ADMIN_PASSWORD, or neither".to_string()),
+    }
+}
+
+/// `hamq hash [--iterations N]`: the hash of the password on the first line of `input`, as the
+/// `users` key wants it (`login:` goes before it). Reading stdin keeps the password out of shell
+/// history and `ps`.
+pub fn hash(args: &[String], input: impl BufRead) -> Result<String, String> {
+    let iterations = match args {
+        [] => password::ITERATIONS,
+        [flag, n] if flag == "--iterations" => n
+            .parse()
+            .ok()
+            .filter(|n| *n >= password::MIN_ITERATIONS)
+            .ok_or(format!(
+                "--iterations needs a number of at least {}",
+                password::MIN_ITERATIONS
+            ))?,
+        _ => return Err(format!("usage: {USAGE}")),
+    };
+    let mut line = String::new();
+    input
+        .take(64 * 1024)
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the password from stdin: {e}"))?;
+    let password = line
+        .strip_suffix('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .unwrap_or(&line);
+    if password.is_empty() {
+        return Err("no password on stdin (an empty password is not accepted)".to_string());
+    }
+    if password.contains(['\r', '\n', '\0']) {
+        return Err(
+            "the password may not contain CR, LF or NUL (STOMP cannot send them)".to_string(),
+        );
+    }
+    let hash = PasswordHash::new(password, iterations)
+        .map_err(|e| format!("cannot read /dev/urandom for a salt: {e}"))?;
+    Ok(format!("{hash}\n"))
 }
 
 /// Percent-encode a destination for the query string.
@@ -55,4 +123,37 @@ fn encode(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash_of(input: &str, args: &[&str]) -> Result<String, String> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        hash(&args, input.as_bytes())
+    }
+
+    #[test]
+    fn hash_prints_a_hash_of_the_first_line() {
+        let iterations = ["--iterations", "10000"];
+        for input in ["s3cret:x\n", "s3cret:x\r\nignored", "s3cret:x"] {
+            let out = hash_of(input, &iterations).unwrap();
+            let line = out.strip_suffix('\n').unwrap();
+            let parsed = PasswordHash::parse(line).unwrap();
+            assert!(parsed.verify("s3cret:x"), "{input:?}");
+            assert_eq!(parsed.iterations(), 10_000);
+        }
+        assert_eq!(
+            hash_of("", &iterations).unwrap_err(),
+            "no password on stdin (an empty password is not accepted)"
+        );
+        assert!(hash_of("a\0b\n", &iterations).unwrap_err().contains("NUL"));
+        assert!(hash_of("pw", &["--iterations", "9999"])
+            .unwrap_err()
+            .contains("at least 10000"));
+        assert!(hash_of("pw", &["--rounds", "9"])
+            .unwrap_err()
+            .starts_with("usage"));
+    }
 }

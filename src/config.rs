@@ -4,6 +4,8 @@
 //! Owns parsing and validation only; `main` calls it once before any thread starts. An unknown key
 //! or a bad value is an error naming the key and where it came from (file line or variable).
 
+use crate::auth::password::PasswordHash;
+use crate::auth::permit::Permit;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,8 +27,10 @@ pub struct Config {
     pub max_header_line: usize,
     pub max_headers: usize,
     pub max_frame: usize,
-    /// `login -> password`; empty means every CONNECT is accepted.
-    pub users: Vec<(String, String)>,
+    /// `login -> password hash`; empty means every CONNECT is accepted.
+    pub users: Vec<(String, PasswordHash)>,
+    /// What each user may do; empty means everything (see `auth`).
+    pub permits: Vec<Permit>,
     /// How often the broker can send heart-beats (the `sx` of CONNECTED).
     pub heartbeat_send: Duration,
     /// How often the broker wants client heart-beats (the `sy` of CONNECTED); 0 = not required.
@@ -87,6 +91,7 @@ const KEYS: &[&str] = &[
     "max_headers",
     "max_frame",
     "users",
+    "permit",
     "heartbeat_send_ms",
     "heartbeat_receive_ms",
     "connect_timeout_ms",
@@ -114,6 +119,7 @@ impl Default for Config {
             max_headers: 1000,
             max_frame: 10 * 1024 * 1024,
             users: Vec::new(),
+            permits: Vec::new(),
             heartbeat_send: Duration::from_millis(1000),
             heartbeat_receive: Duration::from_millis(30_000),
             connect_timeout: Duration::from_millis(30_000),
@@ -178,10 +184,35 @@ impl Config {
             let key = key.to_ascii_lowercase();
             // Variables the scripts use for themselves (HAMQ_HOME, HAMQ_CONFIG, ...) are not keys.
             if KEYS.contains(&key.as_str()) {
+                // The one repeatable key: the variable replaces all of the file's rules.
+                if key == "permit" {
+                    config.permits.clear();
+                }
                 config.set(&key, value.trim(), &format!("environment variable {var}"))?;
             }
         }
+        config.check_permits()?;
         Ok(config)
+    }
+
+    /// Every `permit` rule names a configured user (or `*`), and rules need users.
+    fn check_permits(&self) -> Result<(), ConfigError> {
+        let unknown = self.permits.iter().find_map(|rule| match &rule.login {
+            None if self.users.is_empty() => Some("*"),
+            Some(login) if !self.users.iter().any(|(user, _)| user == login) => Some(login),
+            _ => None,
+        });
+        match unknown {
+            Some(login) => Err(ConfigError {
+                key: "permit".to_string(),
+                origin: "the final configuration".to_string(),
+                problem: format!(
+                    "a rule names `{login}` but `users` has no such user \
+                     (rules apply only when users are configured)"
+                ),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The broker (not the admin command) needs a real datastore URL.
@@ -229,6 +260,12 @@ impl Config {
             "max_headers" => self.max_headers = positive(value).map_err(bad)?,
             "max_frame" => self.max_frame = positive(value).map_err(bad)?,
             "users" => self.users = users(value).map_err(bad)?,
+            // Repeatable; one line may also hold several rules separated by `;`.
+            "permit" => {
+                for rule in value.split(';').filter(|r| !r.trim().is_empty()) {
+                    self.permits.push(Permit::parse(rule).map_err(bad)?);
+                }
+            }
             "heartbeat_send_ms" => self.heartbeat_send = millis(value).map_err(bad)?,
             "heartbeat_receive_ms" => self.heartbeat_receive = millis(value).map_err(bad)?,
             "connect_timeout_ms" => {
@@ -309,16 +346,24 @@ fn lease(value: &str) -> Result<Duration, String> {
     }
 }
 
-fn users(value: &str) -> Result<Vec<(String, String)>, String> {
-    value
-        .split_whitespace()
-        .map(|pair| match pair.split_once(':') {
-            Some((login, password)) if !login.is_empty() => {
-                Ok((login.to_string(), password.to_string()))
-            }
-            _ => Err(format!("`{pair}` is not login:password")),
-        })
-        .collect()
+/// `login:hash` pairs; a pair's text is never echoed (it may be a plain-text password).
+fn users(value: &str) -> Result<Vec<(String, PasswordHash)>, String> {
+    let mut users: Vec<(String, PasswordHash)> = Vec::new();
+    for (n, pair) in value.split_whitespace().enumerate() {
+        let Some((login, hash)) = pair.split_once(':').filter(|(l, _)| !l.is_empty()) else {
+            return Err(format!(
+                "entry {} is not login:hash (make the hash with `hamq hash`)",
+                n + 1
+            ));
+        };
+        if users.iter().any(|(user, _)| user == login) {
+            return Err(format!("user `{login}` is listed twice"));
+        }
+        let hash =
+            PasswordHash::parse(hash).map_err(|e| format!("user `{login}`: password {e}"))?;
+        users.push((login.to_string(), hash));
+    }
+    Ok(users)
 }
 
 #[cfg(test)]
@@ -388,19 +433,60 @@ mod tests {
         );
     }
 
+    /// A well-formed hash (no PBKDF2 runs in these tests).
+    const HASH: &str = "pbkdf2-sha256$10000$000102030405060708090a0b0c0d0e0f$\
+                        00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
     #[test]
-    fn users_are_pairs() {
+    fn users_are_hashed_and_plain_text_is_refused() {
         let config = parse(
-            &format!("datastore = {URL}\nusers = guest:guest a:b:c\n"),
+            &format!("datastore = {URL}\nusers = a:{HASH} b:{HASH}\n"),
             &[],
         )
         .unwrap();
-        assert_eq!(
-            config.users,
-            vec![
-                ("guest".to_string(), "guest".to_string()),
-                ("a".to_string(), "b:c".to_string())
-            ]
+        let logins: Vec<&str> = config.users.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(logins, ["a", "b"]);
+        for (users, needle) in [
+            (
+                format!("a:{HASH} guest:s3cret"),
+                "user `guest`: password is not a hash",
+            ),
+            (format!("a:{HASH} a:{HASH}"), "user `a` is listed twice"),
+            (format!("a:{HASH} :{HASH}"), "entry 2 is not login:hash"),
+        ] {
+            let err = parse(&format!("datastore = {URL}\nusers = {users}\n"), &[]).unwrap_err();
+            assert_eq!(
+                (err.key.as_str(), err.origin.as_str()),
+                ("users", "line 2 of test.conf")
+            );
+            assert!(err.problem.contains(needle), "{err}");
+            assert!(!err.problem.contains("s3cret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn permit_rules_repeat_and_need_their_users() {
+        let text = format!(
+            "datastore = {URL}\nusers = app:{HASH}\npermit = app read /queue/a\n\
+             permit = * write /queue/b ; app admin /topic/>\n"
         );
+        assert_eq!(parse(&text, &[]).unwrap().permits.len(), 3);
+        let env = parse(&text, &[("HAMQ_PERMIT", "app read /queue/c")]).unwrap();
+        assert_eq!(env.permits, [Permit::parse("app read /queue/c").unwrap()]);
+        let err = parse(&format!("{text}permit = app delete /queue/a\n"), &[]).unwrap_err();
+        assert_eq!(
+            (err.key.as_str(), err.origin.as_str()),
+            ("permit", "line 5 of test.conf")
+        );
+        let app = format!("users = app:{HASH}\n");
+        for (users, rule, login) in [
+            (app.as_str(), "bob read /queue/a", "`bob`"),
+            ("", "* read /queue/a", "`*`"),
+        ] {
+            let err =
+                parse(&format!("datastore = {URL}\n{users}permit = {rule}\n"), &[]).unwrap_err();
+            assert_eq!(err.key, "permit");
+            assert!(err.problem.contains(login), "{err}");
+        }
     }
 }

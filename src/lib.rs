@@ -5,7 +5,10 @@
 //! `message`;
 //! `codec` knows nothing but bytes.
 //!
-//! - `admin`: the `hamq status|queues|browse|purge` commands: a client of the status listener.
+//! - `admin`: the `hamq status|queues|browse|purge` commands: a client of the status listener;
+//!   `hamq hash` (a password hash for the config).
+//! - `auth`: users' password hashes (PBKDF2), verified-login cache, `permit` rules with `*`/`>`
+//!   destination wildcards; asked by `session` and `status`.
 //! - `config`: the `key = value` file, `HAMQ_<KEY>` overrides, validation with key and line.
 //! - `codec`: STOMP frames: incremental decoder with limits, encoder, header escaping.
 //! - `command`: a decoded frame turned into a typed client command, or a protocol error.
@@ -24,6 +27,7 @@
 //! - `server`: process life: store connect, recovery, listener, accept loop, shutdown.
 
 pub mod admin;
+pub mod auth;
 pub mod codec;
 pub mod command;
 pub mod config;

@@ -3,6 +3,7 @@
 
 use hamq::config::Config;
 use hamq::shutdown::Shutdown;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -20,6 +21,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Needs no configuration: it makes a value for one.
+    if command.first().is_some_and(|c| c == "hash") {
+        if std::io::stdin().is_terminal() {
+            eprint!("password (one line; it is shown as you type): ");
+        }
+        return print_or_fail(hamq::admin::hash(&command[1..], std::io::stdin().lock()));
+    }
     let config = match read_config(&path) {
         Ok(config) => config,
         Err(problem) => {
@@ -28,22 +36,27 @@ fn main() -> ExitCode {
         }
     };
     if !command.is_empty() {
-        return match hamq::admin::run(&config, &command) {
-            Ok(output) => {
-                print!("{output}");
-                ExitCode::SUCCESS
-            }
-            Err(problem) => {
-                eprintln!("hamq: {problem}");
-                ExitCode::FAILURE
-            }
-        };
+        return print_or_fail(hamq::admin::run(&config, &command));
     }
     if let Err(e) = config.check_datastore() {
         log::error!("{e}");
         return ExitCode::from(2);
     }
     run_broker(config)
+}
+
+/// An admin command's outcome: its output on stdout, or its problem on stderr and exit 1.
+fn print_or_fail(outcome: Result<String, String>) -> ExitCode {
+    match outcome {
+        Ok(output) => {
+            print!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(problem) => {
+            eprintln!("hamq: {problem}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn read_config(path: &str) -> Result<Config, String> {

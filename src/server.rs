@@ -6,6 +6,7 @@
 //!
 //! Runs on the main thread. Owns the threads it starts and joins every one of them.
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::election::{self, Election, Role, RoleInfo};
 use crate::flow_control::{FlowControl, STORE_BACKLOG_BYTES};
@@ -31,6 +32,8 @@ type Registry = Arc<Mutex<HashMap<u64, TcpStream>>>;
 pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), String> {
     let config = Arc::new(config);
     let role = Arc::new(Role::default());
+    let auth = Authenticator::new(config.users.clone(), config.permits.clone())
+        .map_err(|e| format!("cannot read /dev/urandom for the login cache's key: {e}"))?;
     let shared = Arc::new(status::Shared {
         name: config.name.clone(),
         started: Instant::now(),
@@ -38,6 +41,7 @@ pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), String> {
         router: Mutex::new(None),
         store: Arc::default(),
         flow: Arc::new(FlowControl::new(STORE_BACKLOG_BYTES)),
+        auth: Arc::new(auth),
     });
     // The status listener answers on slaves too (health 503): it is bound before the election.
     let status_thread = match config.status_listen {
@@ -109,6 +113,7 @@ fn serve(
         shutdown: shutdown.clone(),
         role: shared.role.clone(),
         flow: shared.flow.clone(),
+        auth: shared.auth.clone(),
     };
     let sessions = match TcpListener::bind(config.stomp_listen) {
         Ok(listener) => accept_loop(listener, ctx),

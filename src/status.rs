@@ -7,12 +7,17 @@
 //! `Role`. Endpoints: `GET /status` (JSON), `GET /health` (200 master, 503 slave), `GET /metrics`
 //! (Prometheus text), and for the admin command `GET /admin/status`, `GET /admin/queues`,
 //! `GET /admin/browse?destination=D`, `POST /admin/purge?destination=D` (plain-text tables).
+//! When users are configured, the admin endpoints need HTTP Basic credentials of one of them,
+//! and browse needs read, purge admin permission on the destination (see `auth`).
 
 mod render;
 
+use crate::auth::permit::Operation;
+use crate::auth::{Authenticator, Login};
 use crate::election::Role;
 use crate::router::{Browsed, RouterMsg, Stats};
 use crate::shutdown::Shutdown;
+use base64::Engine;
 use crossbeam_channel::{bounded, Sender};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -37,6 +42,8 @@ pub struct Shared {
     /// The store writer's counters (zero until this broker is master).
     pub store: Arc<crate::store::WriterStats>,
     pub flow: Arc<crate::flow_control::FlowControl>,
+    /// Checks the admin endpoints' credentials and permissions.
+    pub auth: Arc<Authenticator>,
 }
 
 /// Bind `addr` and answer requests on a new thread until shutdown.
@@ -98,12 +105,19 @@ fn answer(mut stream: TcpStream, shared: &Shared) {
     let reason = match response.code {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         503 => "Service Unavailable",
         _ => "Error",
     };
+    let challenge = match response.code {
+        401 => "WWW-Authenticate: Basic realm=\"hamq\"\r\n",
+        _ => "",
+    };
     let head = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{challenge}\
+         Connection: close\r\n\r\n",
         response.code,
         response.content_type,
         response.body.len()
@@ -137,6 +151,15 @@ fn route(head: &str, shared: &Shared) -> Response {
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let role = shared.role.get();
+    let user = if path.starts_with("/admin/") {
+        match admin_login(shared, head) {
+            Ok(user) => user,
+            Err(refused) => return refused,
+        }
+    } else {
+        None
+    };
+    let user = user.as_deref();
     match (method, path) {
         ("GET", "/health") if role.master => Response::text(200, "master\n".to_string()),
         ("GET", "/health") => Response::text(503, format!("slave (master: {})\n", role.holder)),
@@ -156,10 +179,58 @@ fn route(head: &str, shared: &Shared) -> Response {
             Ok(stats) => Response::text(200, render::queues_table(&stats)),
             Err(r) => r,
         },
-        ("GET", "/admin/browse") => browse(shared, &role, query),
-        ("POST", "/admin/purge") => purge(shared, &role, query),
+        ("GET", "/admin/browse") => browse(shared, &role, query, user),
+        ("POST", "/admin/purge") => purge(shared, &role, query, user),
         _ => Response::text(404, format!("no such endpoint: {method} {path}\n")),
     }
+}
+
+/// The user named by the request's HTTP Basic credentials (None when no users are configured),
+/// or the 401 answer. No delay on failure: it would hold up this one thread's other requests;
+/// the slow hash bounds guessing here.
+fn admin_login(shared: &Shared, head: &str) -> Result<Option<String>, Response> {
+    if !shared.auth.enabled() {
+        return Ok(None);
+    }
+    let credentials = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        if !name.trim().eq_ignore_ascii_case("authorization") {
+            return None;
+        }
+        let (scheme, encoded) = value.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        let (login, password) = decoded.split_once(':')?;
+        Some((login.to_string(), password.to_string()))
+    });
+    let Some((login, password)) = credentials else {
+        let why = "authentication required: HTTP Basic credentials of a user in `users`\n";
+        return Err(Response::text(401, why.to_string()));
+    };
+    match shared.auth.login(Some(&login), Some(&password)) {
+        Login::User(user) => Ok(Some(user)),
+        Login::Anonymous => Ok(None),
+        Login::Refused => Err(Response::text(401, "authentication failed\n".to_string())),
+    }
+}
+
+/// 403 unless `user` may do `operation` on `destination`.
+fn permitted(
+    shared: &Shared,
+    user: Option<&str>,
+    operation: Operation,
+    destination: &str,
+) -> Result<(), Response> {
+    if shared.auth.allows(user, operation, destination) {
+        return Ok(());
+    }
+    let why = format!("permission denied: {operation} on {destination}\n");
+    Err(Response::text(403, why))
 }
 
 /// The router's figures; empty on a slave (or when the router does not answer in time).
@@ -207,8 +278,15 @@ fn admin_queue(role: &crate::election::RoleInfo, query: &str) -> Result<String, 
     destination_param(query)
 }
 
-fn browse(shared: &Shared, role: &crate::election::RoleInfo, query: &str) -> Response {
-    let destination = match admin_queue(role, query) {
+fn browse(
+    shared: &Shared,
+    role: &crate::election::RoleInfo,
+    query: &str,
+    user: Option<&str>,
+) -> Response {
+    let destination = match admin_queue(role, query)
+        .and_then(|d| permitted(shared, user, Operation::Read, &d).map(|()| d))
+    {
         Ok(d) => d,
         Err(r) => return r,
     };
@@ -223,8 +301,15 @@ fn browse(shared: &Shared, role: &crate::election::RoleInfo, query: &str) -> Res
     }
 }
 
-fn purge(shared: &Shared, role: &crate::election::RoleInfo, query: &str) -> Response {
-    let destination = match admin_queue(role, query) {
+fn purge(
+    shared: &Shared,
+    role: &crate::election::RoleInfo,
+    query: &str,
+    user: Option<&str>,
+) -> Response {
+    let destination = match admin_queue(role, query)
+        .and_then(|d| permitted(shared, user, Operation::Admin, &d).map(|()| d))
+    {
         Ok(d) => d,
         Err(r) => return r,
     };

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{shared_mariadb, Broker, Client, TIMEOUT};
+use common::{hash_password, shared_mariadb, Broker, Client, TIMEOUT};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -174,7 +174,12 @@ fn a_socket_without_connect_is_closed_after_the_timeout() {
 #[test]
 fn wrong_credentials_are_refused() {
     let url = shared_mariadb().create_database();
-    let b = Broker::start(&url, &[("HAMQ_USERS", "guest:guest admin:s3cret")]);
+    let users = format!(
+        "guest:{} admin:{}",
+        hash_password("guest"),
+        hash_password("s3cret")
+    );
+    let b = Broker::start(&url, &[("HAMQ_USERS", &users)]);
     let port = b.stomp_port();
     for (login, pass) in [("guest", "nope"), ("nobody", "guest"), ("", "")] {
         let (mut c, reply) = Client::connect_with(

@@ -1,6 +1,8 @@
 //! Executing each client command on the reader thread (see the parent module for the rules).
 
 use super::{receipt_frame, Flow, Session};
+use crate::auth::permit::Operation;
+use crate::auth::Login;
 use crate::codec::Frame;
 use crate::command::{self, Command, Connect, Send, Subscribe};
 use crate::message::{now_ms, Message};
@@ -9,6 +11,10 @@ use crate::router::{AckRef, Reply, RouterMsg, SubscribeRequest};
 use crate::store::{Done, StoreError, StoreOp, Target};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How long a refused CONNECT waits before its ERROR, to slow password guessing. It blocks only
+/// this connection's own reader thread.
+const FAILED_LOGIN_DELAY: Duration = Duration::from_secs(1);
 
 impl Session {
     pub(super) fn handle(&mut self, frame: Frame) -> Flow {
@@ -48,14 +54,21 @@ impl Session {
     }
 
     fn connect(&mut self, c: Connect) -> Flow {
-        let users = &self.ctx.config.users;
-        let allowed = users.is_empty()
-            || users.iter().any(|(login, password)| {
-                c.login.as_deref() == Some(login) && c.passcode.as_deref() == Some(password)
-            });
-        if !allowed {
+        let login = self
+            .ctx
+            .auth
+            .login(c.login.as_deref(), c.passcode.as_deref());
+        if login == Login::Refused {
+            log::info!(
+                "connection {}: wrong credentials for {:?}",
+                self.id,
+                c.login
+            );
+            self.ctx.shutdown.sleep(FAILED_LOGIN_DELAY);
+            // The same words whichever part was wrong: the ERROR tells a guesser nothing.
             return self.refuse("authentication failed", None);
         }
+        self.user = login.user().map(str::to_string);
         // No proof of the lock for half a lease (keep-alives come every tenth): this broker
         // was frozen and may have lost it; its election thread will tell at its next try.
         if !self.ctx.role.is_fresh(self.ctx.config.lease / 2) {
@@ -90,6 +103,10 @@ impl Session {
     }
 
     fn send(&mut self, s: Send, receipt: Option<&str>) -> Flow {
+        // Also inside a transaction: refused now, not at COMMIT.
+        if let Some(denied) = self.deny(Operation::Write, &s.destination, receipt) {
+            return denied;
+        }
         let message = Message {
             id: 0,
             destination: Arc::from(s.destination.as_str()),
@@ -163,7 +180,35 @@ impl Session {
         }
     }
 
+    /// ERROR and close (Some) unless this connection's user may do `operation` on
+    /// `destination`.
+    fn deny(
+        &mut self,
+        operation: Operation,
+        destination: &str,
+        receipt: Option<&str>,
+    ) -> Option<Flow> {
+        if self
+            .ctx
+            .auth
+            .allows(self.user.as_deref(), operation, destination)
+        {
+            return None;
+        }
+        let problem = format!("permission denied: {operation} on {destination}");
+        Some(self.refuse(&problem, receipt))
+    }
+
     fn subscribe(&mut self, s: Subscribe, receipt: Option<&str>) -> Flow {
+        if let Some(denied) = self.deny(Operation::Read, &s.destination, receipt) {
+            return denied;
+        }
+        // Creating a durable subscription keeps messages for it in the store: admin.
+        if s.durable_name.is_some() {
+            if let Some(denied) = self.deny(Operation::Admin, &s.destination, receipt) {
+                return denied;
+            }
+        }
         let durable = match (&s.durable_name, &self.client_id) {
             (None, _) => None,
             (Some(_), None) => {

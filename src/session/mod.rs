@@ -37,6 +37,8 @@ pub struct Context {
     pub role: Arc<crate::election::Role>,
     /// Producer flow control: a SEND waits here before it goes to the store.
     pub flow: Arc<crate::flow_control::FlowControl>,
+    /// Checks CONNECT's credentials and each SEND's and SUBSCRIBE's permission.
+    pub auth: Arc<crate::auth::Authenticator>,
 }
 
 /// How long any single wait lasts before shutdown is checked again.
@@ -60,6 +62,8 @@ struct Session {
     decoder: Decoder,
     /// None until CONNECT succeeded.
     version: Option<Version>,
+    /// The configured user CONNECT logged in as; None when no users are configured.
+    user: Option<String>,
     client_id: Option<String>,
     /// Open transactions: their buffered SENDs and those SENDs' body bytes.
     transactions: HashMap<String, (Vec<crate::message::Message>, usize)>,
@@ -95,6 +99,7 @@ pub fn serve(id: ConnId, stream: TcpStream, ctx: Context) {
             max_frame: config.max_frame,
         }),
         version: None,
+        user: None,
         client_id: None,
         transactions: HashMap::new(),
         silence_limit: None,

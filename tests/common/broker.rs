@@ -3,6 +3,7 @@
 use super::output::Output;
 use super::process::{self, kill_and_wait};
 use std::fs;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -195,6 +196,46 @@ impl Drop for Broker {
         kill_and_wait(&mut self.child);
         let _ = fs::remove_file(&self.config);
     }
+}
+
+/// The hash of `password` for the `users` key, made by `hamq hash --iterations 10000` (the
+/// fewest iterations hamq accepts, so that test brokers check passwords quickly).
+pub fn hash_password(password: &str) -> String {
+    let (status, out, err) = hamq_hash(&["--iterations", "10000"], &format!("{password}\n"));
+    assert!(status.success(), "`hamq hash` failed ({status}): {err}");
+    out.trim_end().to_string()
+}
+
+/// Runs `hamq hash ARGS` with `input` on stdin: (exit status, stdout, stderr). Killed and
+/// reaped if it runs longer than 30 s.
+pub fn hamq_hash(args: &[&str], input: &str) -> (ExitStatus, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hamq"));
+    cmd.arg("hash")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = process::spawn(cmd).unwrap_or_else(|e| panic!("cannot run `hamq hash`: {e}"));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(input.as_bytes())
+        .expect("writing the password to `hamq hash`");
+    drop(stdin);
+    // Its output is one short line: it fits the pipes, so waiting first cannot block it.
+    let status = process::wait_or_kill(&mut child, START_TIMEOUT, "`hamq hash`");
+    (
+        status,
+        read_pipe(child.stdout.take()),
+        read_pipe(child.stderr.take()),
+    )
+}
+
+fn read_pipe(pipe: Option<impl Read>) -> String {
+    let mut text = String::new();
+    pipe.expect("a piped output")
+        .read_to_string(&mut text)
+        .expect("`hamq hash` prints UTF-8");
+    text
 }
 
 /// The port in `... listening for STOMP on 127.0.0.1:PORT ...`.

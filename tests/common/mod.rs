@@ -3,7 +3,8 @@
 //! What it owns, and the rules it keeps for every test:
 //! - [`MariaDb`]: a private `mariadbd` on a free port with a throwaway datadir, and
 //!   [`shared_mariadb`], one such server per test binary for tests that never kill it.
-//! - [`Broker`]: the real `hamq` binary with env configuration and a captured log.
+//! - [`Broker`]: the real `hamq` binary with env configuration and a captured log;
+//!   [`hash_password`] makes a `users` value with `hamq hash`.
 //! - [`Client`] and [`Frame`]: a minimal STOMP client with its own parser, independent of the
 //!   crate's codec, so a codec bug cannot hide itself in the tests.
 //! - [`Load`]: the failover tests' producers, consumer and CONNECT probe, and their checks.
@@ -28,7 +29,7 @@ pub mod probe;
 mod process;
 pub mod supervise;
 
-pub use broker::Broker;
+pub use broker::{hamq_hash, hash_password, Broker};
 pub use client::{Client, Frame, TIMEOUT};
 pub use load::{Ledger, Load, QUEUE};
 pub use mariadb::{shared_mariadb, MariaDb};
