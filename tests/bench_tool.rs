@@ -1,7 +1,9 @@
 //! The load generator `hamq-bench` (issue 5) as a STOMP client: fixed-count runs against a
-//! real hamq (queue with receipts and client-individual acks; topic fan-out), and runs against
-//! a fake broker written here that splits frames across writes at odd offsets, puts heart-beat
-//! EOLs between frames, sends bodies with NULs and escaped headers, and checks what the tool
+//! real hamq (queue with receipts and client-individual acks; topic fan-out; consume-only of
+//! a pre-loaded queue; idle connections past `max_connections`), and runs against a fake
+//! broker written here that splits frames across writes at odd offsets, puts heart-beat EOLs
+//! between frames, sends bodies with NULs and escaped headers, can hold a backlog (with a
+//! duplicate, a damaged and unstamped bodies) for consume-only runs, and checks what the tool
 //! writes (CONNECT, SEND, ACK framing). Its unit tests live in `src/bin/hamq-bench/`.
 
 mod common;
@@ -158,7 +160,7 @@ fn help_and_bad_flags() {
     let text = String::from_utf8_lossy(&help.stdout);
     let flags = "--host --port --login --passcode --destination --producers --consumers \
                  --size --count --duration --persistent --receipt --ack --prefetch --json \
-                 --warmup [61613] [/queue/bench]";
+                 --warmup --idle-connections consume-only [61613] [/queue/bench]";
     for flag in flags.split_whitespace() {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }
@@ -238,6 +240,7 @@ fn read_frame(r: &mut BufReader<TcpStream>) -> Option<Frame> {
 #[derive(Default)]
 struct Seen {
     connects: AtomicU64,
+    disconnects: AtomicU64,
     sends: AtomicU64,
     forwarded: AtomicU64,
     /// ACK `id`s (unescaped).
@@ -251,12 +254,21 @@ struct Fake {
     seen: Arc<Seen>,
 }
 
+/// Bodies the fake broker delivers to each new subscription, after its RECEIPT.
+type Backlog = Arc<Vec<Vec<u8>>>;
+
 type Consumers = Arc<Mutex<Vec<(String, TcpStream)>>>;
 
 impl Fake {
     /// Listens on a free port; with `error_after`, the first consumer gets an ERROR frame
     /// (and its connection closes) instead of message number `error_after`.
     fn start(error_after: Option<u64>) -> Fake {
+        Self::start_with_backlog(error_after, Vec::new())
+    }
+
+    /// Like [`Fake::start`], with `backlog` delivered to every SUBSCRIBE.
+    fn start_with_backlog(error_after: Option<u64>, backlog: Vec<Vec<u8>>) -> Fake {
+        let backlog: Backlog = Arc::new(backlog);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Seen::default());
@@ -265,7 +277,8 @@ impl Fake {
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let (s, c) = (Arc::clone(&s), Arc::clone(&consumers));
-                thread::spawn(move || serve(stream, &s, &c, error_after));
+                let b = Arc::clone(&backlog);
+                thread::spawn(move || serve(stream, &s, &c, &b, error_after));
             }
         });
         Fake { port, seen }
@@ -276,7 +289,13 @@ impl Fake {
     }
 }
 
-fn serve(stream: TcpStream, seen: &Seen, consumers: &Consumers, error_after: Option<u64>) {
+fn serve(
+    stream: TcpStream,
+    seen: &Seen,
+    consumers: &Consumers,
+    backlog: &Backlog,
+    error_after: Option<u64>,
+) {
     stream.set_nodelay(true).unwrap();
     let mut out = stream.try_clone().unwrap();
     let mut r = BufReader::new(stream);
@@ -288,6 +307,7 @@ fn serve(stream: TcpStream, seen: &Seen, consumers: &Consumers, error_after: Opt
                 let ok = f.get("accept-version").is_some_and(|v| v.contains("1.2"))
                     && f.get("login") == Some("guest")
                     && f.get("passcode") == Some("guest")
+                    && f.get("heart-beat") == Some("0,0")
                     && f.get("host").is_some();
                 if !ok {
                     problem(format!("bad CONNECT {f:?}"));
@@ -308,13 +328,21 @@ fn serve(stream: TcpStream, seen: &Seen, consumers: &Consumers, error_after: Opt
                     problem(format!("ACK {id} twice"));
                 }
             }
-            "DISCONNECT" => {}
+            "DISCONNECT" => {
+                seen.disconnects.fetch_add(1, Ordering::Relaxed);
+            }
             other => problem(format!("unexpected {other}")),
         }
         if let Some(receipt) = f.get("receipt") {
             let frame = format!("RECEIPT\nreceipt-id:{receipt}\n\n\0\n");
             let _forwarding = consumers.lock().unwrap(); // no RECEIPT inside a MESSAGE
             let _ = out.write_all(frame.as_bytes());
+        }
+        if f.command == "SUBSCRIBE" {
+            let id = f.get("id").unwrap_or("?");
+            for (n, body) in backlog.iter().enumerate() {
+                forward(n as u64, id, &mut out, body, None);
+            }
         }
         if f.command == "DISCONNECT" {
             return;
@@ -436,4 +464,193 @@ fn an_error_frame_stops_the_consumer_and_is_reported() {
     assert_eq!((num(&json, "sent"), num(&json, "received")), (60, 30));
     assert_eq!((num(&json, "missing"), num(&json, "errors")), (30, 1));
     assert!(json.contains("fake broker says no"), "{json}");
+}
+
+// ---- consume-only and idle connections ----
+
+/// A body as hamq-bench stamps it (see `src/bin/hamq-bench/payload.rs`): the stamp line,
+/// then the byte pattern `i % 251` up to `size`.
+fn stamped(run: u64, producer: u32, seq: u64, size: usize) -> Vec<u8> {
+    let mut body = format!("hamq-bench {run:016x} {producer} {seq} 12345\n").into_bytes();
+    let start = body.len();
+    body.extend((start..size).map(|i| (i % 251) as u8));
+    body
+}
+
+#[test]
+fn consume_only_counts_a_foreign_backlog_and_checks_its_stamps() {
+    let (r1, r2) = (0x1111_2222_3333_4444, 0x5555_6666_7777_8888);
+    let mut backlog = Vec::new();
+    backlog.extend((0..30).map(|seq| stamped(r1, 0, seq, 1000)));
+    backlog.extend((0..20).map(|seq| stamped(r1, 1, seq, 1000)));
+    backlog.extend((0..5).map(|seq| stamped(r2, 0, seq, 1000)));
+    backlog.push(stamped(r1, 0, 7, 1000)); // a duplicate
+    let mut damaged = stamped(r1, 1, 25, 1000);
+    damaged[700] ^= 0xff;
+    backlog.push(damaged);
+    for text in [
+        "not from hamq-bench, 1",
+        "not from hamq-bench, 2",
+        "three\0with a NUL",
+    ] {
+        backlog.push(text.as_bytes().to_vec());
+    }
+    let fake = Fake::start_with_backlog(None, backlog);
+    let port = fake.port;
+    let out = bench(&format!(
+        "--port {port} --destination /queue/fake --producers 0 --consumers 1 --size 1000 \
+         --ack client-individual --drain 1"
+    ));
+    let json = json_of(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a duplicate and a damaged body: exit 1"
+    );
+    for (key, want) in [
+        ("sent", 0),
+        ("received", 59),
+        ("duplicates", 1),
+        ("corrupt", 1),
+        ("unstamped", 3),
+        ("stale", 0),
+        ("errors", 0),
+    ] {
+        assert_eq!(num(&json, key), want, "{key} in {json}");
+    }
+    assert!(
+        json.contains(r#""missing":null"#),
+        "no --count: nothing is missing: {json}"
+    );
+    assert!(json.contains(r#""consume_only":true"#), "{json}");
+    assert_eq!(fake.problems(), Vec::<String>::new());
+    let acks = fake.seen.acks.lock().unwrap().clone();
+    let want: HashSet<String> = (0..60).map(|n| format!("ack:{n}")).collect();
+    assert_eq!(acks, want, "every MESSAGE ACKed, the damaged one too");
+}
+
+#[test]
+fn consume_only_stops_at_the_count() {
+    let backlog = (0..50).map(|seq| stamped(7, 0, seq, 1024)).collect();
+    let fake = Fake::start_with_backlog(None, backlog);
+    let port = fake.port;
+    // A drain time far beyond the run timeout: only the count can end this run.
+    let out = bench(&format!(
+        "--port {port} --destination /queue/fake --producers 0 --consumers 1 --count 20 \
+         --ack client-individual --drain 600"
+    ));
+    assert_counts(
+        &out,
+        &[
+            ("received", 20),
+            ("expected", 20),
+            ("missing", 0),
+            ("duplicates", 0),
+            ("unstamped", 0),
+            ("errors", 0),
+        ],
+    );
+    assert_eq!(fake.seen.acks.lock().unwrap().len(), 20);
+    assert_eq!(fake.seen.disconnects.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn consume_only_drains_a_queue_preloaded_on_hamq() {
+    let url = common::shared_mariadb().create_database();
+    let b = common::Broker::start(&url, &[]);
+    let port = b.stomp_port();
+    let dest = "/queue/bench-backlog";
+    let preload = bench(&format!(
+        "--port {port} --destination {dest} --producers 2 --consumers 0 --count 300"
+    ));
+    assert_counts(&preload, &[("sent", 600), ("errors", 0)]);
+    let mut c = common::Client::connect(port);
+    for i in 0..4 {
+        c.send_with_receipt(
+            dest,
+            format!("plain message {i}"),
+            &[("persistent", "true")],
+        );
+    }
+    c.disconnect();
+    let out = bench(&format!(
+        "--port {port} --destination {dest} --producers 0 --consumers 2 \
+         --ack client-individual --drain 2"
+    ));
+    assert_counts(
+        &out,
+        &[
+            ("sent", 0),
+            ("received", 604),
+            ("unstamped", 4),
+            ("duplicates", 0),
+            ("corrupt", 0),
+            ("stale", 0),
+            ("errors", 0),
+        ],
+    );
+    let json = json_of(&out);
+    let deliveries = &json[json.find("\"send_to_delivery\"").unwrap()..];
+    assert_eq!(
+        num(deliveries, "count"),
+        0,
+        "other runs' send times are not timed"
+    );
+    let again = bench(&format!(
+        "--port {port} --destination {dest} --producers 0 --consumers 1 --drain 1"
+    ));
+    assert_counts(&again, &[("received", 0), ("errors", 0)]);
+}
+
+#[test]
+fn idle_connections_to_a_fake_broker() {
+    let fake = Fake::start(None);
+    let port = fake.port;
+    let out = bench(&format!(
+        "--port {port} --idle-connections 30 --duration 0.3"
+    ));
+    assert_counts(
+        &out,
+        &[
+            ("requested", 30),
+            ("connected", 30),
+            ("open_at_end", 30),
+            ("errors", 0),
+        ],
+    );
+    assert!(json_of(&out).contains(r#""mode":"idle-connections""#));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("30 of 30 connections open"), "{stderr}");
+    assert_eq!(
+        fake.problems(),
+        Vec::<String>::new(),
+        "CONNECTs with heart-beat 0,0"
+    );
+    assert_eq!(fake.seen.connects.load(Ordering::Relaxed), 30);
+    assert_eq!(fake.seen.disconnects.load(Ordering::Relaxed), 30);
+    assert_eq!(fake.seen.sends.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn idle_connections_past_hamqs_limit_are_reported() {
+    let url = common::shared_mariadb().create_database();
+    let b = common::Broker::start(&url, &[("HAMQ_MAX_CONNECTIONS", "5")]);
+    let port = b.stomp_port();
+    let out = bench(&format!(
+        "--port {port} --idle-connections 8 --duration 0.2"
+    ));
+    let json = json_of(&out);
+    assert_eq!(out.status.code(), Some(1), "refused connections: exit 1");
+    for (key, want) in [
+        ("requested", 8),
+        ("connected", 5),
+        ("open_at_end", 5),
+        ("errors", 3),
+    ] {
+        assert_eq!(num(&json, key), want, "{key} in {json}");
+    }
+    assert!(
+        json.contains("CONNECT refused: too many connections: the limit is 5"),
+        "{json}"
+    );
 }

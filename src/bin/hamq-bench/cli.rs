@@ -42,6 +42,8 @@ pub struct Options {
     pub json: Option<String>,
     pub warmup: Duration,
     pub drain: Duration,
+    /// Idle-connections mode: open this many connections and hold them (0 = off).
+    pub idle_connections: u32,
 }
 
 impl Default for Options {
@@ -64,11 +66,18 @@ impl Default for Options {
             json: None,
             warmup: Duration::ZERO,
             drain: Duration::from_secs(10),
+            idle_connections: 0,
         }
     }
 }
 
 impl Options {
+    /// Consume-only mode (`--producers 0`): consumers take what is already on the
+    /// destination, until `count` messages arrived in all or none came for `drain`.
+    pub fn consume_only(&self) -> bool {
+        self.producers == 0 && self.idle_connections == 0
+    }
+
     /// Topic destinations deliver every message to every consumer.
     pub fn fanout(&self) -> u64 {
         if self.destination.starts_with("/topic/") {
@@ -89,7 +98,8 @@ usage: hamq-bench [--key value]...
   --login L            CONNECT login                                 [guest]
   --passcode P         CONNECT passcode                              [guest]
   --destination D      /queue/... or /topic/... (a topic fans out)   [/queue/bench]
-  --producers N        producer connections, one thread each (>= 1)  [1]
+  --producers N        producer connections, one thread each; 0 = consume-only
+                       (see below)                                   [1]
   --consumers N        consumer connections, one thread each         [1]
   --size BYTES         body size (at least the ~50-byte stamp line)  [1024]
   --count N            messages per producer; 0 = send for --duration [0]
@@ -102,8 +112,17 @@ usage: hamq-bench [--key value]...
   --warmup SECS        leave the first SECS out of rates/latencies   [0]
   --drain SECS         how long consumers may keep receiving after
                        the producers are done                        [10]
+  --idle-connections N open N connections (CONNECT, heart-beat 0,0), hold
+                       them for --duration, DISCONNECT; no messages  [0 = off]
   --json PATH          also write the JSON result to PATH (- = stdout)
   --help               this text
+
+Consume-only (--producers 0, --consumers N >= 1): the consumers take what is already on the
+destination (e.g. pre-loaded by an earlier run) until --count messages arrived in all, or none
+arrived for --drain seconds. Rate = messages / time from the first to the last. Bodies with a
+hamq-bench stamp line are checked for damage (at --size) and duplicates; others are counted as
+`unstamped`. Idle connections: a line `N of N connections open` goes to stderr once all are
+open (for measuring the broker's memory), and the report says how many were still open at the end.
 
 Prints a table (stdout) and, with --json, one JSON object; a progress line goes to stderr
 every 5 s on runs longer than 10 s. Exit status: 0 clean, 1 when there were errors,
@@ -166,16 +185,28 @@ fn set(o: &mut Options, key: &str, v: &str) -> Result<(), String> {
         "json" => o.json = Some(v.to_string()),
         "warmup" => o.warmup = seconds(v)?,
         "drain" => o.drain = seconds(v)?,
+        "idle-connections" => o.idle_connections = number(v)?,
         _ => return Err("unknown flag (see --help)".into()),
     }
     Ok(())
 }
 
 fn validate(o: &Options) -> Result<(), String> {
-    if o.producers == 0 {
-        return Err("--producers must be at least 1".into());
-    }
-    if o.count == 0 && o.duration.is_zero() {
+    if o.idle_connections > 0 {
+        if o.duration.is_zero() {
+            return Err("--idle-connections needs a --duration above 0 to hold them".into());
+        }
+    } else if o.consume_only() {
+        if o.consumers == 0 {
+            return Err("--producers 0 (consume-only) needs --consumers 1 or more".into());
+        }
+        if o.drain.is_zero() {
+            return Err("consume-only needs a --drain above 0 (the idle time that ends it)".into());
+        }
+        if !o.warmup.is_zero() {
+            return Err("--warmup needs producers (consume-only measures every delivery)".into());
+        }
+    } else if o.count == 0 && o.duration.is_zero() {
         return Err("give --count N or a --duration above 0".into());
     }
     if o.destination.is_empty() {
@@ -246,6 +277,23 @@ mod tests {
     }
 
     #[test]
+    fn consume_only_and_idle_modes() {
+        let Ok(Some(o)) = parse(&args("--producers 0 --consumers 2 --count 500")) else {
+            panic!("should parse")
+        };
+        assert!(o.consume_only());
+        let Ok(Some(o)) = parse(&args("--producers=0 --drain 3")) else {
+            panic!("should parse")
+        };
+        assert_eq!((o.consume_only(), o.count), (true, 0));
+        let Ok(Some(o)) = parse(&args("--idle-connections 1000 --duration 30")) else {
+            panic!("should parse")
+        };
+        assert_eq!((o.idle_connections, o.consume_only()), (1000, false));
+        assert!(!Options::default().consume_only());
+    }
+
+    #[test]
     fn help_and_errors() {
         assert_eq!(parse(&args("--count 3 --help")), Ok(None));
         for bad in [
@@ -254,7 +302,11 @@ mod tests {
             "--port x",
             "--ack sometimes",
             "--receipt maybe",
-            "--producers 0",
+            "--producers 0 --consumers 0",
+            "--producers 0 --drain 0",
+            "--producers 0 --warmup 1",
+            "--idle-connections 5 --duration 0",
+            "--idle-connections -1",
             "--count 0 --duration 0",
             "stray",
             "--duration -1",

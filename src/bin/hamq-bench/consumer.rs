@@ -2,7 +2,9 @@
 //! channel so producers start only once every consumer listens), then MESSAGE frames until
 //! the run's stop rule holds: each is checked against its stamp (run, producer, sequence,
 //! body integrity), recorded in the ledger, timed (send-to-delivery) and ACKed unless the
-//! ack mode is auto. An ERROR frame or a socket error is counted and ends the consumer.
+//! ack mode is auto. In consume-only mode every message counts (stamped by any run, or not
+//! stamped at all) and is not timed. An ERROR frame or a socket error is counted and ends
+//! the consumer.
 
 use crate::cli::AckMode;
 use crate::conn::{Connection, Recv, CONNECT_TIMEOUT};
@@ -26,9 +28,12 @@ pub struct ConsumerResult {
     pub measured_bytes: u64,
     /// Messages from another run (or another program) on the destination.
     pub stale: u64,
+    /// Consume-only mode: messages without a hamq-bench stamp line (counted as received).
+    pub unstamped: u64,
     /// This run's messages with a damaged body or an unknown producer.
     pub corrupt: u64,
-    /// When the last delivery arrived, [`now_ns`].
+    /// When the first and the last delivery arrived, [`now_ns`] (0 before any).
+    pub first_ns: u64,
     pub last_ns: u64,
     pub delivery_latency: Histogram,
 }
@@ -127,6 +132,10 @@ impl Consumer<'_> {
     fn on_message(&mut self, frame: &Frame) {
         let now = now_ns();
         let shared = self.shared;
+        if shared.opts.consume_only() {
+            self.on_backlog_message(frame, now);
+            return;
+        }
         let stamp = match payload::decode(&frame.body, shared.opts.size) {
             Ok(stamp) if stamp.run == shared.run_id => stamp,
             Ok(_) | Err(Bad::Foreign) => {
@@ -147,6 +156,7 @@ impl Consumer<'_> {
         }
         let r = &mut self.result;
         r.received += 1;
+        r.first_ns = if r.first_ns == 0 { now } else { r.first_ns };
         r.last_ns = now;
         if now >= shared.measure_from_ns() {
             r.measured += 1;
@@ -155,6 +165,27 @@ impl Consumer<'_> {
         if stamp.sent_ns >= shared.measure_from_ns() {
             r.delivery_latency.record(now.saturating_sub(stamp.sent_ns));
         }
+    }
+
+    /// Consume-only mode: any message counts and is measured; a stamped one is checked for
+    /// damage and duplicates. Its send time is on another process's clock: not timed.
+    fn on_backlog_message(&mut self, frame: &Frame, now: u64) {
+        let stamp = match payload::decode(&frame.body, self.shared.opts.size) {
+            Ok(stamp) => Some(stamp),
+            Err(Bad::Foreign) => None,
+            Err(Bad::Corrupt(why)) => {
+                self.corrupt(frame, &why);
+                return;
+            }
+        };
+        self.shared.record_backlog(self.slot, stamp.as_ref());
+        let r = &mut self.result;
+        r.received += 1;
+        r.unstamped += u64::from(stamp.is_none());
+        r.measured += 1;
+        r.measured_bytes += frame.body.len() as u64;
+        r.first_ns = if r.first_ns == 0 { now } else { r.first_ns };
+        r.last_ns = now;
     }
 
     fn corrupt(&mut self, frame: &Frame, why: &str) {

@@ -5,19 +5,22 @@
 //!
 //! Modules: `cli` (flags), `frame` (STOMP framing), `conn` (a connection), `payload` (stamped
 //! bodies), `histogram` (latency percentiles), `shared` (state shared by the threads),
-//! `producer` and `consumer` (the threads), `run` (one run), `report` (table and JSON).
+//! `producer` and `consumer` (the threads), `run` (one run), `report` (table and JSON),
+//! `idle` (the idle-connections mode, with its own report).
 
 mod cli;
 mod conn;
 mod consumer;
 mod frame;
 mod histogram;
+mod idle;
 mod payload;
 mod producer;
 mod report;
 mod run;
 mod shared;
 
+use idle::IdleReport;
 use report::Report;
 use std::process::ExitCode;
 
@@ -35,23 +38,33 @@ fn main() -> ExitCode {
         }
     };
     payload::now_ns(); // start the clock
-    let totals = run::run(opts.clone());
-    let report = Report {
-        opts: &opts,
-        totals: &totals,
+    let (table, json, clean) = if opts.idle_connections > 0 {
+        let result = idle::run(&opts);
+        let report = IdleReport {
+            opts: &opts,
+            result: &result,
+        };
+        (report.table(), report.json(), report.clean())
+    } else {
+        let totals = run::run(opts.clone());
+        let report = Report {
+            opts: &opts,
+            totals: &totals,
+        };
+        (report.table(), report.json(), report.clean())
     };
-    print!("{}", report.table());
+    print!("{table}");
     match opts.json.as_deref() {
-        Some("-") => println!("{}", report.json()),
+        Some("-") => println!("{json}"),
         Some(path) => {
-            if let Err(e) = std::fs::write(path, report.json() + "\n") {
+            if let Err(e) = std::fs::write(path, json + "\n") {
                 eprintln!("hamq-bench: cannot write {path}: {e}");
                 return ExitCode::FAILURE;
             }
         }
         None => {}
     }
-    if report.clean() {
+    if clean {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

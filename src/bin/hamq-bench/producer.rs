@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 /// The longest wait for one RECEIPT before the producer gives up with an error.
 const RECEIPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest wait for the DISCONNECT receipt. Without receipts per SEND, what the socket
+/// buffers hold (thousands of messages per connection) is still being stored when the
+/// DISCONNECT arrives: at a few thousand msg/s in all, that can take a minute.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Without receipts, look for an ERROR frame after this many SENDs.
 const POLL_EVERY: u64 = 64;
 
@@ -41,7 +45,7 @@ pub fn run(id: u32, shared: &Shared) -> ProducerResult {
         return result;
     }
     // hamq answers a DISCONNECT receipt once all earlier SENDs are stored: allow for that.
-    if let Err(e) = conn.disconnect(RECEIPT_TIMEOUT) {
+    if let Err(e) = conn.disconnect(DISCONNECT_TIMEOUT) {
         shared.error(format!("producer {id}: {e}"));
     }
     result

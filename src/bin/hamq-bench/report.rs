@@ -63,9 +63,12 @@ impl Report<'_> {
 
     fn table_head(&self, s: &mut String) {
         let o = self.opts;
-        let length = match o.count {
-            0 => format!("{} s", o.duration.as_secs_f64()),
-            n => format!("{n} messages per producer"),
+        let drain = o.drain.as_secs_f64();
+        let length = match (o.consume_only(), o.count) {
+            (false, 0) => format!("{} s", o.duration.as_secs_f64()),
+            (false, n) => format!("{n} messages per producer"),
+            (true, 0) => format!("consume-only until idle for {drain} s"),
+            (true, n) => format!("consume-only until {n} messages or idle for {drain} s"),
         };
         let _ = writeln!(
             s,
@@ -98,6 +101,7 @@ impl Report<'_> {
             "duplicates",
             "missing",
             "stale",
+            "unstamped",
             "corrupt",
             "errors",
         ];
@@ -108,6 +112,7 @@ impl Report<'_> {
             self.duplicates().to_string(),
             missing,
             t.stale.to_string(),
+            t.unstamped.to_string(),
             t.corrupt.to_string(),
             t.errors.to_string(),
         ];
@@ -196,6 +201,7 @@ impl Report<'_> {
             ("missing", self.missing().map_or(Json::Null, Json::Int)),
             ("expected", t.expected.map_or(Json::Null, Json::Int)),
             ("stale", Json::Int(t.stale)),
+            ("unstamped", Json::Int(t.unstamped)),
             ("corrupt", Json::Int(t.corrupt)),
             ("errors", Json::Int(t.errors)),
             ("error_messages", Json::Arr(errors)),
@@ -241,6 +247,7 @@ fn config_json(o: &Options) -> Json {
         ),
         ("warmup_s", secs(o.warmup)),
         ("drain_s", secs(o.drain)),
+        ("consume_only", Json::Bool(o.consume_only())),
     ])
 }
 

@@ -27,16 +27,18 @@ pub struct Totals {
     pub receipted: u64,
     pub received: u64,
     pub unique: u64,
-    /// Distinct deliveries the sends imply (sent x consumers for a topic); `None` without
-    /// consumers.
+    /// Distinct deliveries the sends imply (sent x consumers for a topic), or `--count` in
+    /// consume-only mode; `None` without consumers or without a count to reach.
     pub expected: Option<u64>,
     pub stale: u64,
+    pub unstamped: u64,
     pub corrupt: u64,
     pub errors: u64,
     pub error_messages: Vec<String>,
     /// From the start of sending to the end of the run.
     pub elapsed: Duration,
-    /// Measured (post-warm-up) sends and deliveries, their bytes and time windows.
+    /// Measured (post-warm-up) sends and deliveries, their bytes and time windows (in
+    /// consume-only mode, the receive window is from the first delivery to the last).
     pub sent_measured: u64,
     pub sent_bytes: u64,
     pub send_window: Duration,
@@ -158,10 +160,23 @@ fn totals(
         t.received_measured += c.measured;
         t.received_bytes += c.measured_bytes;
         t.stale += c.stale;
+        t.unstamped += c.unstamped;
         t.corrupt += c.corrupt;
         t.delivery_latency.merge(&c.delivery_latency);
     }
-    t.expected = (shared.opts.consumers > 0).then(|| t.sent * shared.opts.fanout());
+    let opts = &shared.opts;
+    if opts.consume_only() {
+        let first = consumers
+            .iter()
+            .map(|c| c.first_ns)
+            .filter(|&f| f > 0)
+            .min();
+        let last = consumers.iter().map(|c| c.last_ns).max().unwrap_or(0);
+        t.receive_window = Duration::from_nanos(last.saturating_sub(first.unwrap_or(last)));
+        t.expected = (opts.count > 0).then_some(opts.count);
+    } else {
+        t.expected = (opts.consumers > 0).then(|| t.sent * opts.fanout());
+    }
     t
 }
 

@@ -1,10 +1,12 @@
 //! What the producer and consumer threads share: the options, the run's clock marks, live
 //! counters for the progress line and the consumers' stop rule, the error log, and the
-//! [`Ledger`] of which (producer, sequence) pairs each consumer slot has seen.
+//! [`Ledger`] of which (producer, sequence) pairs each consumer slot has seen (in consume-only
+//! mode, the [`Backlog`] of which (run, producer, sequence) triples).
 
 use crate::cli::Options;
 use crate::conn::Target;
-use crate::payload::now_ns;
+use crate::payload::{now_ns, Stamp};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 
@@ -30,6 +32,7 @@ pub struct Shared {
     errors: AtomicU64,
     error_log: Mutex<Vec<String>>,
     ledger: Mutex<Ledger>,
+    backlog: Mutex<Backlog>,
 }
 
 impl Shared {
@@ -53,6 +56,7 @@ impl Shared {
             errors: AtomicU64::new(0),
             error_log: Mutex::new(Vec::new()),
             ledger: Mutex::new(ledger),
+            backlog: Mutex::new(Backlog::default()),
         }
     }
 
@@ -83,11 +87,17 @@ impl Shared {
     }
 
     /// All producers are done and wrote `sent` messages in all: consumers now wait for the
-    /// deliveries those imply, for at most the drain time.
+    /// deliveries those imply, for at most the drain time. In consume-only mode (no
+    /// producers) they wait for `--count` deliveries, or until none came for the drain time.
     pub fn producers_done(&self, sent: u64) {
         let deadline = now_ns().saturating_add(self.opts.drain.as_nanos() as u64);
         self.drain_deadline_ns.store(deadline, Relaxed);
-        self.expected.store(sent * self.opts.fanout(), Relaxed);
+        let expected = match (self.opts.consume_only(), self.opts.count) {
+            (false, _) => sent * self.opts.fanout(),
+            (true, 0) => u64::MAX,
+            (true, count) => count,
+        };
+        self.expected.store(expected, Relaxed);
     }
 
     pub fn abort(&self) {
@@ -133,6 +143,20 @@ impl Shared {
         Some(new)
     }
 
+    /// Records a delivery in consume-only mode to ledger slot `slot`: a stamped body
+    /// (`Some`) is checked against the earlier ones, true the first time; an unstamped one
+    /// counts as new. Every delivery moves the idle deadline to now + the drain time.
+    pub fn record_backlog(&self, slot: usize, stamp: Option<&Stamp>) -> bool {
+        self.received.fetch_add(1, Relaxed);
+        let new = stamp.is_none_or(|s| lock(&self.backlog).record(slot, s));
+        if new {
+            self.unique.fetch_add(1, Relaxed);
+        }
+        let deadline = now_ns().saturating_add(self.opts.drain.as_nanos() as u64);
+        self.drain_deadline_ns.store(deadline, Relaxed);
+        new
+    }
+
     pub fn unique(&self) -> u64 {
         self.unique.load(Relaxed)
     }
@@ -157,14 +181,37 @@ impl Ledger {
 
     pub fn record(&mut self, slot: usize, producer: usize, seq: u64) -> Option<bool> {
         let words = self.bits.get_mut(slot)?.get_mut(producer)?;
-        let (word, bit) = ((seq / 64) as usize, seq % 64);
-        if word >= words.len() {
-            words.resize((word + 1).next_power_of_two(), 0);
-        }
-        let new = words[word] & (1 << bit) == 0;
-        words[word] |= 1 << bit;
-        Some(new)
+        Some(set_bit(words, seq))
     }
+}
+
+/// Consume-only mode: which (run, producer, sequence) each consumer slot has seen, for
+/// messages stamped by any number of earlier runs.
+#[derive(Default)]
+pub struct Backlog {
+    bits: HashMap<(usize, u64, u32), Vec<u64>>,
+}
+
+impl Backlog {
+    /// True the first time `stamp` comes to `slot`.
+    pub fn record(&mut self, slot: usize, stamp: &Stamp) -> bool {
+        let words = self
+            .bits
+            .entry((slot, stamp.run, stamp.producer))
+            .or_default();
+        set_bit(words, stamp.seq)
+    }
+}
+
+/// Sets bit `seq` of a growable bit set; true if it was clear.
+fn set_bit(words: &mut Vec<u64>, seq: u64) -> bool {
+    let (word, bit) = ((seq / 64) as usize, seq % 64);
+    if word >= words.len() {
+        words.resize((word + 1).next_power_of_two(), 0);
+    }
+    let new = words[word] & (1 << bit) == 0;
+    words[word] |= 1 << bit;
+    new
 }
 
 #[cfg(test)]
@@ -180,6 +227,57 @@ mod tests {
         assert_eq!(l.record(0, 0, 1000), Some(true));
         assert_eq!(l.record(0, 2, 0), None);
         assert_eq!(l.record(2, 0, 0), None);
+    }
+
+    #[test]
+    fn backlog_tells_duplicates_per_run_and_producer() {
+        let stamp = |run, producer, seq| Stamp {
+            run,
+            producer,
+            seq,
+            sent_ns: 0,
+        };
+        let mut b = Backlog::default();
+        assert!(b.record(0, &stamp(1, 0, 7)));
+        assert!(!b.record(0, &stamp(1, 0, 7)));
+        assert!(b.record(0, &stamp(2, 0, 7)));
+        assert!(b.record(0, &stamp(1, 1, 7)));
+        assert!(b.record(1, &stamp(1, 0, 7)));
+    }
+
+    #[test]
+    fn consume_only_stops_at_the_count_or_when_idle() {
+        let opts = Options {
+            producers: 0,
+            count: 2,
+            ..Options::default()
+        };
+        let s = Shared::new(opts, 1);
+        let stamp = Stamp {
+            run: 9,
+            producer: 0,
+            seq: 0,
+            sent_ns: 0,
+        };
+        s.producers_done(0);
+        assert!(!s.consumers_done());
+        assert!(s.record_backlog(0, Some(&stamp)));
+        assert!(!s.record_backlog(0, Some(&stamp)), "a duplicate");
+        assert!(!s.consumers_done());
+        assert!(s.record_backlog(0, None));
+        assert!(s.consumers_done());
+        assert_eq!((s.unique(), s.received.load(Relaxed)), (2, 3));
+        let idle = Shared::new(
+            Options {
+                producers: 0,
+                drain: std::time::Duration::ZERO,
+                count: 5,
+                ..Options::default()
+            },
+            1,
+        );
+        idle.producers_done(0);
+        assert!(idle.consumers_done(), "no drain time left: idle at once");
     }
 
     #[test]
