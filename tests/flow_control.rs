@@ -152,3 +152,61 @@ fn a_stalled_store_slows_producers_and_memory_stays_bounded() {
     }
     assert!(c.try_recv(SHORT).is_none(), "extra message");
 }
+
+/// A topic subscriber that falls behind holds the topic's producers instead of being cut off:
+/// 12,000 non-persistent messages (more than a subscriber may ever have waiting) reach a slow
+/// subscriber and a fast one, all of them, in order.
+#[test]
+fn a_lagging_topic_subscriber_holds_the_producer_and_loses_nothing() {
+    const COUNT: usize = 12_000;
+    let url = shared_mariadb().create_database();
+    let status = free_port();
+    let status_addr = format!("127.0.0.1:{status}");
+    let b = Broker::start(&url, &[("HAMQ_STATUS_LISTEN", status_addr.as_str())]);
+    let port = b.stomp_port();
+
+    // Client acks with a window of one: it gets nothing more until it acks.
+    let mut slow = Client::connect(port);
+    let window = [("activemq.prefetchSize", "1")];
+    slow.subscribe_with_receipt("/topic/lag", "s", "client-individual", &window);
+    let fast = std::thread::spawn(move || {
+        let mut c = Client::connect(port);
+        c.subscribe_with_receipt("/topic/lag", "f", "auto", &[]);
+        (0..COUNT)
+            .map(|_| c.recv(TIMEOUT).text())
+            .collect::<Vec<_>>()
+    });
+    let producer = std::thread::spawn(move || {
+        let mut p = Client::connect(port);
+        for i in 0..COUNT {
+            p.send_frame(
+                "SEND",
+                &[("destination", "/topic/lag"), ("persistent", "false")],
+                format!("t{i}").as_bytes(),
+            );
+        }
+        p.send_frame_with_receipt("DISCONNECT", &[], b"");
+    });
+    poll(TIMEOUT, POLL, || {
+        (metric(status, "hamq_flow_control_waits_total") >= 1).then_some(())
+    })
+    .expect("the topic's producer was never held");
+
+    let mut got = Vec::with_capacity(COUNT);
+    for _ in 0..COUNT {
+        let m = slow.recv(TIMEOUT);
+        slow.ack(m.header("ack").unwrap());
+        got.push(m.text());
+    }
+    producer.join().expect("producer panicked");
+    let expected: Vec<String> = (0..COUNT).map(|i| format!("t{i}")).collect();
+    assert!(
+        got == expected,
+        "the slow subscriber lost or reordered messages"
+    );
+    assert!(
+        fast.join().expect("fast subscriber panicked") == expected,
+        "the fast subscriber lost or reordered messages"
+    );
+    assert!(slow.try_recv(SHORT).is_none(), "extra message");
+}

@@ -307,22 +307,31 @@ impl Router {
         }
         let depth = self.queues.get(name).map_or(0, |q| q.queue.len());
         if depth >= self.max_queue_depth {
-            self.full.insert(name.clone());
-            self.flow.set_full(name, true);
+            self.hold(name);
         }
     }
 
-    /// Clear the marks of full queues that dropped below the limit (after each round of work).
+    /// Make SENDs to `destination` wait (see `flow_control`).
+    fn hold(&mut self, destination: &Arc<str>) {
+        if self.full.insert(destination.clone()) {
+            self.flow.set_full(destination, true);
+        }
+    }
+
+    /// Clear the marks of queues that dropped below the limit and of topics whose subscribers
+    /// caught up (after each round of work).
     fn release_full(&mut self) {
         if self.full.is_empty() {
             return;
         }
         let limit = self.max_queue_depth;
-        let queues = &self.queues;
         let below: Vec<Arc<str>> = self
             .full
             .iter()
-            .filter(|name| queues.get(*name).is_none_or(|q| q.queue.len() < limit))
+            .filter(|name| match kind_of(name) {
+                Kind::Topic => self.topic_caught_up(name),
+                Kind::Queue => self.queues.get(*name).is_none_or(|q| q.queue.len() < limit),
+            })
             .cloned()
             .collect();
         for name in below {

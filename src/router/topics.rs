@@ -1,9 +1,12 @@
 //! Non-durable topic subscribers: each has a bounded backlog of messages waiting for room in
 //! its prefetch window and outbox. Runs on the router thread only.
 //!
-//! Policy (slow consumer): a subscriber whose backlog passes `BACKLOG_MESSAGES` messages or
-//! `BACKLOG_BYTES` bytes cannot keep up with the topic; it is disconnected rather than letting
-//! the broker buffer for it without bound. Anyone reading normally never gets near the limit.
+//! Policy: a subscriber `BACKLOG_HOLD` messages behind holds the topic's producers (flow
+//! control, as for a full queue) until every subscriber of the topic is back under half of it;
+//! one that stops reading altogether is cut off by its writer's `slow_consumer_ms` timeout,
+//! which frees the topic again. A subscriber whose backlog still passes `BACKLOG_MESSAGES`
+//! messages or `BACKLOG_BYTES` bytes (producers already past the gate) is disconnected rather
+//! than letting the broker buffer for it without bound.
 
 use super::{Router, Source};
 use crate::message::Message;
@@ -12,6 +15,8 @@ use std::sync::Arc;
 
 /// Messages one topic subscriber may have waiting.
 const BACKLOG_MESSAGES: usize = 10_000;
+/// A subscriber this far behind holds the topic's producers.
+pub(super) const BACKLOG_HOLD: usize = 1_000;
 /// Bytes one topic subscriber may have waiting.
 const BACKLOG_BYTES: usize = 64 * 1024 * 1024;
 
@@ -37,7 +42,23 @@ impl Router {
             }
             return self.disconnected(conn);
         }
+        if sub.backlog.len() >= BACKLOG_HOLD {
+            if let Some(topic) = sub.topic.clone() {
+                self.hold(&topic);
+            }
+        }
         self.feed(key);
+    }
+
+    /// Whether every subscriber of `topic` is back under half of `BACKLOG_HOLD`.
+    pub(super) fn topic_caught_up(&self, topic: &str) -> bool {
+        self.topics.get(topic).is_none_or(|keys| {
+            keys.iter().all(|k| {
+                self.subs
+                    .get(k)
+                    .is_none_or(|s| s.backlog.len() < BACKLOG_HOLD / 2)
+            })
+        })
     }
 
     /// Deliver from subscription `key`'s backlog while it has room.
