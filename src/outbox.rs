@@ -9,12 +9,13 @@
 //!   frames with receipts faster than it reads them therefore stops being read (TCP pushes back)
 //!   instead of growing this queue, and a reserved frame always finds room.
 //!
-//! The queue's capacity is the message window plus the control credits plus one `Close`, so a
-//! `try_send` by a rule-abiding sender never finds it full.
+//! The queue itself is crossbeam's unbounded list (it allocates as it fills: a bounded array
+//! would allocate all its slots up front, ~45 KiB per idle connection); the window and the
+//! credits bound it to the message window plus the control credits plus one `Close`.
 
 use crate::codec::Frame;
 use crate::message::Delivery;
-use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, unbounded, Receiver, SendTimeoutError, Sender};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -58,7 +59,7 @@ pub struct Inbox {
 
 /// A new outbox for `socket` (a clone of the connection's stream, used only to shut it down).
 pub fn outbox(socket: TcpStream) -> (Outbox, Inbox) {
-    let (tx, rx) = bounded(MESSAGE_WINDOW + CONTROL_CREDITS + 1);
+    let (tx, rx) = unbounded();
     let (credits, credits_rx) = bounded(CONTROL_CREDITS);
     let queued_bytes = Arc::new(AtomicUsize::new(0));
     let written = Arc::new(AtomicU64::new(0));
@@ -85,7 +86,7 @@ impl Outbox {
         self.tx.len() < MESSAGE_WINDOW && (bytes == 0 || bytes < BYTE_WINDOW)
     }
 
-    /// Queue a delivery; false when the connection is gone or (a caller's bug) full.
+    /// Queue a delivery; false when the connection is gone.
     pub fn deliver(&self, delivery: Delivery) -> bool {
         let weight = delivery.message.body.len();
         self.queued_bytes.fetch_add(weight, Ordering::Relaxed);
@@ -111,15 +112,7 @@ impl Outbox {
 
     /// Queue a control frame for which a credit was reserved. False when the writer is gone.
     pub fn control(&self, frame: Frame) -> bool {
-        match self.tx.try_send(Outgoing::Control(frame)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                log::error!("outbox full for a reserved control frame; closing the connection");
-                self.close_now();
-                false
-            }
-            Err(TrySendError::Disconnected(_)) => false,
-        }
+        self.tx.send(Outgoing::Control(frame)).is_ok()
     }
 
     /// How many MESSAGE frames reached the socket. Deliveries are written in the order they

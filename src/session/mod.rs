@@ -43,6 +43,9 @@ pub struct Context {
 
 /// How long any single wait lasts before shutdown is checked again.
 const TICK: Duration = Duration::from_millis(200);
+/// A connection's read buffer starts at this size and grows up to the max under load.
+const READ_BUFFER_MIN: usize = 4 * 1024;
+const READ_BUFFER_MAX: usize = 64 * 1024;
 /// After an ERROR, how long unread input is drained so the peer gets the ERROR, not a reset.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -140,7 +143,9 @@ impl Session {
         let _ = self.stream.set_read_timeout(Some(TICK));
         let started = Instant::now();
         let mut last_read = Instant::now();
-        let mut buf = vec![0u8; 64 * 1024];
+        // Small while the client is quiet (most of a broker's connections), doubled up to
+        // `READ_BUFFER_MAX` whenever a read fills it.
+        let mut buf = vec![0u8; READ_BUFFER_MIN];
         loop {
             if self.ctx.shutdown.is_stopping() {
                 return;
@@ -150,6 +155,9 @@ impl Session {
                 Ok(n) => {
                     last_read = Instant::now();
                     self.decoder.feed(&buf[..n]);
+                    if n == buf.len() && buf.len() < READ_BUFFER_MAX {
+                        buf.resize(buf.len() * 2, 0);
+                    }
                     if self.decode_all() == Flow::Close {
                         return;
                     }

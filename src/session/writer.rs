@@ -64,7 +64,8 @@ pub fn run(
     slow_consumer: Duration,
 ) {
     let _ = stream.set_write_timeout(Some(slow_consumer));
-    let mut out = BufWriter::with_capacity(64 * 1024, &stream);
+    // Frames smaller than this are gathered into one write; larger bodies go out directly.
+    let mut out = BufWriter::with_capacity(16 * 1024, &stream);
     let mut buf = Vec::with_capacity(4096);
     let result = loop {
         let heartbeat = settings.heartbeat();
