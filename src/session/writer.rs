@@ -6,12 +6,14 @@
 //! `slow_consumer_ms`): a client
 //! that does not read for that long is disconnected (its unacknowledged messages are redelivered
 //! elsewhere). On any write error it shuts the socket down, which also ends the reader.
+//! Writes go through `transport` (plain TCP or TLS).
 
 use crate::codec::{encode, Version, HEARTBEAT};
 use crate::outbox::{Inbox, Outgoing};
 use crossbeam_channel::RecvTimeoutError;
+use crate::transport::Transport;
 use std::io::{BufWriter, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,13 +60,13 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 /// Write until the inbox closes or a write fails; a write blocked for `slow_consumer` fails.
 pub fn run(
-    stream: TcpStream,
+    stream: Transport,
     inbox: Inbox,
     settings: Arc<WriterSettings>,
     slow_consumer: Duration,
 ) {
-    let _ = stream.set_write_timeout(Some(slow_consumer));
-    let mut out = BufWriter::with_capacity(64 * 1024, &stream);
+    let _ = stream.socket().set_write_timeout(Some(slow_consumer));
+    let mut out = BufWriter::with_capacity(64 * 1024, stream);
     let mut buf = Vec::with_capacity(4096);
     let result = loop {
         let heartbeat = settings.heartbeat();
@@ -92,7 +94,7 @@ pub fn run(
             }
             Outgoing::Close => {
                 let flushed = out.flush();
-                let _ = stream.shutdown(Shutdown::Write);
+                let _ = out.get_mut().close_write();
                 break flushed;
             }
         }
@@ -107,6 +109,6 @@ pub fn run(
     };
     if let Err(e) = result {
         log::debug!("connection write failed: {e}");
-        let _ = stream.shutdown(Shutdown::Both);
+        let _ = out.get_ref().socket().shutdown(Shutdown::Both);
     }
 }
