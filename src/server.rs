@@ -246,13 +246,11 @@ fn bind_listeners(
     tls: Option<Arc<ServerConfig>>,
 ) -> Result<Vec<Listener>, String> {
     let mut listeners = Vec::new();
-    let wanted = [
-        (config.stomp_listen, None),
-        (config.stomp_tls_listen, tls),
-    ];
+    let wanted = [(config.stomp_listen, None), (config.stomp_tls_listen, tls)];
     for (addr, tls) in wanted {
         let Some(addr) = addr else { continue };
-        let socket = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let socket =
+            TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         listeners.push(Listener { socket, tls });
     }
     Ok(listeners)
@@ -272,7 +270,9 @@ fn serve_listeners(mut listeners: Vec<Listener>, ctx: Context) -> Vec<JoinHandle
                 .spawn(move || accept_loop(listener, &own_ctx, &own_registry));
             match spawned {
                 Ok(thread) => accept_threads.push(thread),
-                Err(e) => ctx.shutdown.fail(format!("could not start an accept thread: {e}")),
+                Err(e) => ctx
+                    .shutdown
+                    .fail(format!("could not start an accept thread: {e}")),
             }
         }
         threads = accept_loop(last, &ctx, &registry);
@@ -387,8 +387,8 @@ fn start_session(
             let transport = match tls {
                 None => Some(Transport::Plain(stream)),
                 Some(tls) => {
-                    let deadline = accepted + ctx.config.connect_timeout;
-                    transport::accept_tls(stream, tls, deadline, &ctx.shutdown)
+                    let limit = (accepted, ctx.config.connect_timeout);
+                    transport::accept_tls(stream, tls, limit, &ctx.shutdown)
                         .map_err(|why| log::info!("connection {id}: {why}; closing it"))
                         .ok()
                 }

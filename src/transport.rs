@@ -105,16 +105,16 @@ pub struct TlsStream {
     taken: usize,
 }
 
-/// Run the TLS handshake on a freshly accepted socket, until `deadline` (the CONNECT timeout
-/// counted from accept) or shutdown. Err says why the connection is dropped.
+/// Run the TLS handshake on a socket accepted at `accepted`, until `timeout` (the CONNECT
+/// timeout) has passed since then, or shutdown. Err says why the connection is dropped.
 pub fn accept_tls(
     socket: TcpStream,
     config: Arc<ServerConfig>,
-    deadline: Instant,
+    (accepted, timeout): (Instant, Duration),
     shutdown: &Shutdown,
 ) -> Result<Transport, String> {
     let mut conn = ServerConnection::new(config).map_err(|e| format!("TLS setup: {e}"))?;
-    let timeout = deadline.saturating_duration_since(Instant::now());
+    let deadline = accepted + timeout;
     let failed = |e: io::Error| match e.kind() {
         ErrorKind::WouldBlock | ErrorKind::TimedOut => no_handshake(timeout),
         _ => format!("TLS handshake failed: {e}"),
@@ -242,10 +242,7 @@ impl TlsStream {
     fn fill(&mut self) -> io::Result<()> {
         if self.taken < self.incoming.len() {
             // rustls takes nothing more and holds no plaintext: it wants no more input.
-            return Err(io::Error::new(
-                ErrorKind::InvalidData,
-                "TLS input stalled",
-            ));
+            return Err(io::Error::new(ErrorKind::InvalidData, "TLS input stalled"));
         }
         self.incoming.resize(READ_CHUNK, 0);
         self.taken = 0;

@@ -10,8 +10,8 @@
 
 use crate::codec::{encode, Version, HEARTBEAT};
 use crate::outbox::{Inbox, Outgoing};
-use crossbeam_channel::RecvTimeoutError;
 use crate::transport::Transport;
+use crossbeam_channel::RecvTimeoutError;
 use std::io::{BufWriter, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};

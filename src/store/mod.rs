@@ -204,6 +204,7 @@ pub fn connect(
     lock_wait: Duration,
 ) -> Result<Conn, StoreError> {
     let opts = opts_from_url(url).map_err(StoreError::Unfit)?;
+    let tls = opts.get_ssl_opts().is_some();
     let init = vec![
         format!("SET SESSION wait_timeout = {}", lease.as_secs().max(1)),
         format!(
@@ -217,8 +218,21 @@ pub fn connect(
         .write_timeout(Some(io_timeout))
         .stmt_cache_size(Some(64))
         .init(init);
-    Ok(Conn::new(opts)?)
+    Conn::new(opts).map_err(|e| {
+        let denied = matches!(&e, mysql::Error::MySqlError(m) if m.code == ACCESS_DENIED);
+        match StoreError::from(e) {
+            StoreError::Sql(text) if denied && !tls => StoreError::Sql(format!(
+                "{text} (MariaDB says this too when it requires secure transport: \
+                 then add require_ssl=true to the datastore URL)"
+            )),
+            other => other,
+        }
+    })
 }
+
+/// ER_ACCESS_DENIED_ERROR: wrong credentials, or (MariaDB) a plain connection to a server that
+/// requires TLS.
+const ACCESS_DENIED: u16 = 1045;
 
 /// `MariaDB 10.11.6` or `MySQL 8.0.36`, for the "datastore connected" log line.
 pub fn server_description(conn: &mut Conn) -> Result<String, StoreError> {
@@ -305,7 +319,10 @@ mod tests {
         let ca = format!("{base}?require_ssl=true&root_cert_path=/etc/ca.pem&prefer_socket=false");
         let ca = opts_from_url(&ca).unwrap();
         let ssl = ca.get_ssl_opts().unwrap();
-        assert_eq!(ssl.root_cert_path(), Some(std::path::Path::new("/etc/ca.pem")));
+        assert_eq!(
+            ssl.root_cert_path(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
         assert!(!ssl.accept_invalid_certs());
         assert!(!ca.get_prefer_socket());
         let implied = opts_from_url(&format!("{base}?root_cert_path=/etc/ca.pem")).unwrap();
