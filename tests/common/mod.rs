@@ -6,6 +6,7 @@
 //! - [`Broker`]: the real `hamq` binary with env configuration and a captured log.
 //! - [`Client`] and [`Frame`]: a minimal STOMP client with its own parser, independent of the
 //!   crate's codec, so a codec bug cannot hide itself in the tests.
+//! - [`Certs`]: a throwaway CA and server certificate (PEM files) for TLS tests.
 //! - [`Load`]: the failover tests' producers, consumer and CONNECT probe, and their checks.
 //! - [`NetNs`]: a network namespace joined to the host by veth pairs, for network cuts.
 //!
@@ -19,6 +20,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod broker;
+mod certs;
 mod client;
 mod load;
 mod mariadb;
@@ -28,6 +30,7 @@ mod process;
 pub mod supervise;
 
 pub use broker::Broker;
+pub use certs::Certs;
 pub use client::{Client, Frame, TIMEOUT};
 pub use load::{Ledger, Load, QUEUE};
 pub use mariadb::{shared_mariadb, MariaDb};
