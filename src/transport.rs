@@ -6,16 +6,18 @@
 //!
 //! A session reads on its reader thread and writes on its writer thread, each with its own clone
 //! of the socket. A rustls connection cannot be split in two, so the TLS variant keeps it behind
-//! a mutex shared by both clones:
-//! - the reader reads ciphertext from its socket without the lock (so a blocked read never stops
-//!   the writer), then locks to feed it to rustls, takes the plaintext, and sends what rustls has
-//!   to say at once (alerts, key updates);
-//! - the writer locks, hands rustls the plaintext and writes the records to its socket.
+//! a mutex shared by both clones, held only to encrypt or decrypt, never during socket I/O (a
+//! client that does not read while it sends must not stop the broker from reading, as over
+//! plain TCP):
+//! - the reader reads ciphertext from its socket without the lock, then locks to feed it to
+//!   rustls and take the plaintext;
+//! - the writer locks, hands rustls the plaintext, takes every record rustls has queued (its
+//!   own, and those the reader's input caused: alerts, key update answers), unlocks, and writes
+//!   them to the socket. Only the writer writes, so records leave in the order rustls made them;
+//!   it also flushes when idle, and at close (after close_notify).
 //!
 //! Socket timeouts keep their plain-TCP meaning: the reader's read timeout ticks its loop, the
-//! writer's write timeout is the slow-consumer limit. A writer blocked on a client that does not
-//! read holds the lock until that limit, so the reader waits with it; the connection is closed
-//! then anyway. Calls only rustls and the standard library.
+//! writer's write timeout is the slow-consumer limit. Calls only rustls and the standard library.
 
 use crate::config::Config;
 use crate::shutdown::Shutdown;
@@ -95,14 +97,16 @@ pub enum Transport {
     Tls(TlsStream),
 }
 
-/// One side of a TLS connection: its own socket clone, the shared rustls state, and (on the
-/// reader's side) ciphertext read but not yet taken by rustls.
+/// One side of a TLS connection: its own socket clone, the shared rustls state, and ciphertext
+/// on its way: on the reader's side read but not yet taken by rustls, on the writer's side taken
+/// from rustls and not yet written.
 pub struct TlsStream {
     socket: TcpStream,
     conn: Arc<Mutex<ServerConnection>>,
     incoming: Vec<u8>,
     /// `incoming[taken..]` is still to be fed to rustls.
     taken: usize,
+    outgoing: Vec<u8>,
 }
 
 /// Run the TLS handshake on a socket accepted at `accepted`, until `timeout` (the CONNECT
@@ -138,7 +142,7 @@ pub fn accept_tls(
             Ok(_) => {
                 if let Err(e) = conn.process_new_packets() {
                     // Tell the client why (an alert), as far as it listens.
-                    let _ = flush(&mut conn, &socket);
+                    let _ = conn.write_tls(&mut &socket);
                     return Err(format!("TLS handshake failed: {e}"));
                 }
             }
@@ -147,13 +151,13 @@ pub fn accept_tls(
             Err(e) => return Err(failed(e)),
         }
     }
-    flush(&mut conn, &socket).map_err(failed)?;
-    Ok(Transport::Tls(TlsStream {
+    while conn.wants_write() {
+        conn.write_tls(&mut &socket).map_err(failed)?;
+    }
+    Ok(Transport::Tls(TlsStream::new(
         socket,
-        conn: Arc::new(Mutex::new(conn)),
-        incoming: Vec::new(),
-        taken: 0,
-    }))
+        Arc::new(Mutex::new(conn)),
+    )))
 }
 
 fn no_handshake(timeout: Duration) -> String {
@@ -163,25 +167,14 @@ fn no_handshake(timeout: Duration) -> String {
     )
 }
 
-/// Write every record rustls has queued to the socket (bounded by its write timeout).
-fn flush(conn: &mut ServerConnection, mut socket: &TcpStream) -> io::Result<()> {
-    while conn.wants_write() {
-        conn.write_tls(&mut socket)?;
-    }
-    Ok(())
-}
-
 impl Transport {
     /// Another side of the same connection: a socket clone, the same TLS state.
     pub fn try_clone(&self) -> io::Result<Transport> {
         Ok(match self {
             Transport::Plain(socket) => Transport::Plain(socket.try_clone()?),
-            Transport::Tls(tls) => Transport::Tls(TlsStream {
-                socket: tls.socket.try_clone()?,
-                conn: tls.conn.clone(),
-                incoming: Vec::new(),
-                taken: 0,
-            }),
+            Transport::Tls(tls) => {
+                Transport::Tls(TlsStream::new(tls.socket.try_clone()?, tls.conn.clone()))
+            }
         })
     }
 
@@ -193,13 +186,12 @@ impl Transport {
         }
     }
 
-    /// After the last frame: tell a TLS peer the session ends (close_notify), then close the
-    /// sending half so the peer sees EOF.
+    /// After the last frame (writer side): tell a TLS peer the session ends (close_notify),
+    /// then close the sending half so the peer sees EOF.
     pub fn close_write(&mut self) -> io::Result<()> {
         if let Transport::Tls(tls) = self {
-            let mut conn = lock(&tls.conn)?;
-            conn.send_close_notify();
-            flush(&mut conn, &tls.socket)?;
+            lock(&tls.conn)?.send_close_notify();
+            tls.send_queued()?;
         }
         self.socket().shutdown(Both::Write)
     }
@@ -211,6 +203,16 @@ fn lock(conn: &Mutex<ServerConnection>) -> io::Result<MutexGuard<'_, ServerConne
 }
 
 impl TlsStream {
+    fn new(socket: TcpStream, conn: Arc<Mutex<ServerConnection>>) -> TlsStream {
+        TlsStream {
+            socket,
+            conn,
+            incoming: Vec::new(),
+            taken: 0,
+            outgoing: Vec::new(),
+        }
+    }
+
     /// Plaintext into `buf`: what rustls holds, else ciphertext fed from `incoming`, else read
     /// from the socket (a read timeout surfaces as WouldBlock/TimedOut, as for plain TCP).
     fn read_plain(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -226,11 +228,10 @@ impl TlsStream {
                 }
                 if self.taken < self.incoming.len() && conn.wants_read() {
                     let mut rest = &self.incoming[self.taken..];
-                    let fed = conn.read_tls(&mut rest)?;
-                    self.taken += fed;
-                    let processed = conn.process_new_packets();
-                    flush(&mut conn, &self.socket)?;
-                    processed.map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+                    self.taken += conn.read_tls(&mut rest)?;
+                    // Records this causes (alerts, key update answers) go out with the writer's.
+                    conn.process_new_packets()
+                        .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
                     continue;
                 }
             }
@@ -268,10 +269,23 @@ impl TlsStream {
     }
 
     fn write_plain(&mut self, data: &[u8]) -> io::Result<usize> {
-        let mut conn = lock(&self.conn)?;
-        let n = conn.writer().write(data)?;
-        flush(&mut conn, &self.socket)?;
+        let n = lock(&self.conn)?.writer().write(data)?;
+        self.send_queued()?;
         Ok(n)
+    }
+
+    /// Take every record rustls has queued, then write them without holding the lock (bounded
+    /// by the socket's write timeout). Writer side only.
+    fn send_queued(&mut self) -> io::Result<()> {
+        {
+            let mut conn = lock(&self.conn)?;
+            while conn.wants_write() {
+                conn.write_tls(&mut self.outgoing)?;
+            }
+        }
+        let written = (&self.socket).write_all(&self.outgoing);
+        self.outgoing.clear();
+        written
     }
 }
 
@@ -295,7 +309,7 @@ impl Write for Transport {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Transport::Plain(socket) => socket.flush(),
-            Transport::Tls(tls) => flush(&mut *lock(&tls.conn)?, &tls.socket),
+            Transport::Tls(tls) => tls.send_queued(),
         }
     }
 }

@@ -334,3 +334,30 @@ fn database_refusing_plain_connections_is_reported() {
     b.sigterm();
     assert_eq!(b.wait_exit(TIMEOUT).and_then(|s| s.code()), Some(0));
 }
+
+#[test]
+fn tls_client_may_send_a_burst_without_reading_while_subscribed() {
+    // The broker must go on reading while its writes to this client are blocked (the client
+    // reads nothing until it has sent everything), as over plain TCP.
+    let certs = Certs::new();
+    let url = shared_mariadb().create_database();
+    let b = tls_broker("tls-burst", &url, &certs.broker_env());
+    let mut c = Client::connect_tls(b.stomp_tls_port(), &certs.ca_pem);
+    c.subscribe_with_receipt("/queue/burst", "s", "auto", &[]);
+    let count = 10000;
+    let body = |i: usize| format!("{i:05}-{}", "x".repeat(4000));
+    for i in 0..count {
+        c.send_frame(
+            "SEND",
+            &[("destination", "/queue/burst"), ("persistent", "false")],
+            body(i).as_bytes(),
+        );
+    }
+    for i in 0..count {
+        let m = c.recv(TIMEOUT);
+        assert_eq!(m.command, "MESSAGE");
+        assert_eq!(m.text(), body(i), "message {i} out of order or changed");
+    }
+    assert_eq!(c.try_recv(Duration::from_millis(300)), None, "extra frame");
+    c.disconnect();
+}

@@ -2,7 +2,8 @@
 //!
 //! Takes `Outgoing` items from the connection's `Inbox` in order, encodes them, and flushes when
 //! the queue is empty (so bursts go out in few syscalls). Sends a heart-beat EOL when nothing was
-//! written for the agreed interval. Every write is bounded by `slow_consumer` (config
+//! written for the agreed interval, and flushes when idle (over TLS that sends the records the
+//! reader's input caused). Every write is bounded by `slow_consumer` (config
 //! `slow_consumer_ms`): a client
 //! that does not read for that long is disconnected (its unacknowledged messages are redelivered
 //! elsewhere). On any write error it shuts the socket down, which also ends the reader.
@@ -73,10 +74,12 @@ pub fn run(
         let item = match inbox.rx.recv_timeout(heartbeat.unwrap_or(IDLE_WAIT)) {
             Ok(item) => item,
             Err(RecvTimeoutError::Timeout) => {
-                if heartbeat.is_some() {
-                    if let Err(e) = out.write_all(HEARTBEAT).and_then(|_| out.flush()) {
-                        break Err(e);
-                    }
+                let beat = match heartbeat {
+                    Some(_) => out.write_all(HEARTBEAT),
+                    None => Ok(()),
+                };
+                if let Err(e) = beat.and_then(|_| out.flush()) {
+                    break Err(e);
                 }
                 continue;
             }
