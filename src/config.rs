@@ -8,6 +8,7 @@ use crate::auth::password::PasswordHash;
 use crate::auth::permit::Permit;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything the broker reads from its configuration, with defaults filled in.
@@ -17,7 +18,13 @@ pub struct Config {
     pub name: String,
     /// `mysql://user:pass@host:port/db`.
     pub datastore: String,
-    pub stomp_listen: SocketAddr,
+    /// The plain STOMP listener; None = off.
+    pub stomp_listen: Option<SocketAddr>,
+    /// The STOMP-over-TLS listener; None = off.
+    pub stomp_tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain (server certificate first) and private key of the TLS listener.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// The status/metrics/admin HTTP listener; None = off.
     pub status_listen: Option<SocketAddr>,
     pub default_persistent: bool,
@@ -82,6 +89,9 @@ const KEYS: &[&str] = &[
     "name",
     "datastore",
     "stomp_listen",
+    "stomp_tls_listen",
+    "tls_cert",
+    "tls_key",
     "status_listen",
     "default_persistent",
     "max_redeliveries",
@@ -109,7 +119,10 @@ impl Default for Config {
         Config {
             name: default_name(),
             datastore: String::new(),
-            stomp_listen: SocketAddr::from(([0, 0, 0, 0], 61613)),
+            stomp_listen: Some(SocketAddr::from(([0, 0, 0, 0], 61613))),
+            stomp_tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
             status_listen: None,
             default_persistent: true,
             max_redeliveries: 6,
@@ -230,6 +243,30 @@ impl Config {
         Ok(())
     }
 
+    /// The broker needs a listener, and a TLS listener needs its certificate and key (whose
+    /// files `transport::server_config` reads).
+    pub fn check_listeners(&self) -> Result<(), ConfigError> {
+        let problem = |key: &str, problem: &str| ConfigError {
+            key: key.to_string(),
+            origin: "the final configuration".to_string(),
+            problem: problem.to_string(),
+        };
+        if self.stomp_listen.is_none() && self.stomp_tls_listen.is_none() {
+            return Err(problem(
+                "stomp_listen",
+                "empty, and so is stomp_tls_listen: clients could not connect at all",
+            ));
+        }
+        if self.stomp_tls_listen.is_some() {
+            for (key, path) in [("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key)] {
+                if path.is_none() {
+                    return Err(problem(key, "stomp_tls_listen is set, so this must be too"));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn set(&mut self, key: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
         let bad = |problem: String| ConfigError {
             key: key.to_string(),
@@ -240,10 +277,13 @@ impl Config {
             "name" => self.name = non_empty(value).map_err(bad)?,
             "datastore" => self.datastore = datastore(value).map_err(bad)?,
             "stomp_listen" => {
-                self.stomp_listen = value
-                    .parse()
-                    .map_err(|_| bad(format!("`{value}` is not an address like 0.0.0.0:61613")))?
+                self.stomp_listen = listen(value, "0.0.0.0:61613").map_err(bad)?;
             }
+            "stomp_tls_listen" => {
+                self.stomp_tls_listen = listen(value, "0.0.0.0:61614").map_err(bad)?;
+            }
+            "tls_cert" => self.tls_cert = path(value),
+            "tls_key" => self.tls_key = path(value),
             "status_listen" if value.is_empty() => self.status_listen = None,
             "status_listen" => {
                 self.status_listen = Some(value.parse().map_err(|_| {
@@ -299,6 +339,22 @@ fn non_empty(value: &str) -> Result<String, String> {
     }
 }
 
+/// An address to listen on, or off when empty.
+fn listen(value: &str, example: &str) -> Result<Option<SocketAddr>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| format!("`{value}` is not an address like {example} (or empty)"))
+}
+
+/// A file path, or none when empty.
+fn path(value: &str) -> Option<PathBuf> {
+    (!value.is_empty()).then(|| PathBuf::from(value))
+}
+
 /// `local` is accepted here and refused only if no override (from ./run) replaced it.
 fn datastore(value: &str) -> Result<String, String> {
     if value == "local" {
@@ -309,7 +365,7 @@ fn datastore(value: &str) -> Result<String, String> {
             "`{value}` is not a URL like mysql://user:pass@host:port/db"
         ));
     }
-    mysql::Opts::from_url(value).map_err(|e| format!("bad datastore URL: {e}"))?;
+    crate::store::opts_from_url(value).map_err(|e| format!("bad datastore URL: {e}"))?;
     Ok(value.to_string())
 }
 
@@ -404,6 +460,7 @@ mod tests {
             ("max_frame = -3", "max_frame"),
             ("default_persistent = maybe", "default_persistent"),
             ("stomp_listen = nowhere", "stomp_listen"),
+            ("stomp_tls_listen = 61614", "stomp_tls_listen"),
             ("users = guest", "users"),
             ("lease = 1", "lease"),
             ("status_listen = 8161", "status_listen"),
@@ -436,6 +493,32 @@ mod tests {
     /// A well-formed hash (no PBKDF2 runs in these tests).
     const HASH: &str = "pbkdf2-sha256$10000$000102030405060708090a0b0c0d0e0f$\
                         00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    #[test]
+    fn listeners_plain_tls_or_both() {
+        let plain = parse(&format!("datastore = {URL}\n"), &[]).unwrap();
+        assert_eq!(plain.stomp_listen, Some("0.0.0.0:61613".parse().unwrap()));
+        assert_eq!(plain.stomp_tls_listen, None);
+        plain.check_listeners().unwrap();
+        let text = format!(
+            "datastore = {URL}\nstomp_listen =\nstomp_tls_listen = 127.0.0.1:61614\n\
+             tls_cert = /etc/hamq/cert.pem\ntls_key = /etc/hamq/key.pem\n"
+        );
+        let tls_only = parse(&text, &[]).unwrap();
+        assert_eq!(tls_only.stomp_listen, None);
+        assert_eq!(
+            tls_only.stomp_tls_listen,
+            Some("127.0.0.1:61614".parse().unwrap())
+        );
+        assert_eq!(tls_only.tls_cert, Some(PathBuf::from("/etc/hamq/cert.pem")));
+        assert_eq!(tls_only.tls_key, Some(PathBuf::from("/etc/hamq/key.pem")));
+        tls_only.check_listeners().unwrap();
+        let none = parse(&format!("datastore = {URL}\nstomp_listen =\n"), &[]).unwrap();
+        assert_eq!(none.check_listeners().unwrap_err().key, "stomp_listen");
+        let env = [("HAMQ_STOMP_TLS_LISTEN", "127.0.0.1:61614")];
+        let no_key = parse(&format!("datastore = {URL}\ntls_cert = c.pem\n"), &env).unwrap();
+        assert_eq!(no_key.check_listeners().unwrap_err().key, "tls_key");
+    }
 
     #[test]
     fn users_are_hashed_and_plain_text_is_refused() {

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! Arrows point one way: `server` -> (`election`, `session`) -> (`router`, `store`) -> `queue` ->
-//! `message`;
+//! `message`; `server` and `session` -> `transport`;
 //! `codec` knows nothing but bytes.
 //!
 //! - `admin`: the `hamq status|queues|browse|purge` commands: a client of the status listener;
@@ -21,6 +21,8 @@
 //!   a SEND waits at.
 //! - `outbox`: a connection's bounded outgoing queue: delivery window, control credits.
 //! - `session`: one client connection: its reader thread (parse, execute) and writer thread.
+//! - `transport`: a connection's byte stream, plain TCP or TLS: certificate loading, the
+//!   handshake, the TLS state shared by the reader and writer threads.
 //! - `shutdown`: the stop signal every loop checks; wakes the accept loop.
 //! - `election`: the election thread: waits for the master lock as a slave, keeps it as master.
 //! - `status`: the status listener (HTTP): /status, /health, /metrics and the admin endpoints.
@@ -42,3 +44,4 @@ pub mod session;
 pub mod shutdown;
 pub mod status;
 pub mod store;
+pub mod transport;

@@ -3,6 +3,7 @@
 
 use hamq::config::Config;
 use hamq::shutdown::Shutdown;
+use rustls::ServerConfig;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -38,11 +39,22 @@ fn main() -> ExitCode {
     if !command.is_empty() {
         return print_or_fail(hamq::admin::run(&config, &command));
     }
-    if let Err(e) = config.check_datastore() {
+    if let Err(e) = config
+        .check_datastore()
+        .and_then(|()| config.check_listeners())
+    {
         log::error!("{e}");
         return ExitCode::from(2);
     }
-    run_broker(config)
+    // A bad certificate or key stops the broker here, before it takes part in the election.
+    let tls = match hamq::transport::server_config(&config) {
+        Ok(tls) => tls,
+        Err(problem) => {
+            log::error!("{problem}");
+            return ExitCode::from(2);
+        }
+    };
+    run_broker(config, tls)
 }
 
 /// An admin command's outcome: its output on stdout, or its problem on stderr and exit 1.
@@ -65,7 +77,7 @@ fn read_config(path: &str) -> Result<Config, String> {
     Config::parse(&text, path, std::env::vars()).map_err(|e| e.to_string())
 }
 
-fn run_broker(config: Config) -> ExitCode {
+fn run_broker(config: Config, tls: Option<Arc<ServerConfig>>) -> ExitCode {
     log::info!(
         "hamq {} starting as `{}`",
         env!("CARGO_PKG_VERSION"),
@@ -77,7 +89,7 @@ fn run_broker(config: Config) -> ExitCode {
         log::error!("cannot install the signal handler: {e}");
         return ExitCode::from(2);
     }
-    match hamq::server::run(config, shutdown) {
+    match hamq::server::run(config, tls, shutdown) {
         Ok(()) => {
             log::info!("stopped");
             ExitCode::SUCCESS

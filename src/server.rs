@@ -1,10 +1,11 @@
 //! Process life: win the election (or wait as a slave with no client port open), take over
 //! (commit the epoch bump, create the schema, recover), start the store writer, pager and router,
-//! bind the STOMP listener, accept connections (one reader thread each, which starts its
-//! writer), and shut down in order: listener, connections, router, pager, store writer, and only
-//! then release the lock.
+//! bind the STOMP listeners (plain and TLS, either may be off), accept connections (one reader
+//! thread each, which runs the TLS handshake if any and starts its writer), and shut down in
+//! order: listeners, connections, router, pager, store writer, and only then release the lock.
 //!
-//! Runs on the main thread. Owns the threads it starts and joins every one of them.
+//! Runs on the main thread; a second listener gets an accept thread of its own. Owns the threads
+//! it starts and joins every one of them.
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -16,20 +17,35 @@ use crate::session::{self, Context};
 use crate::shutdown::Shutdown;
 use crate::status;
 use crate::store::{self, lock, Committed, Fence, StoreError};
+use crate::transport::{self, Transport};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use mysql::Conn;
+use rustls::ServerConfig;
 use std::collections::HashMap;
 use std::net::{Shutdown as Both, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Open connections, so shutdown can cut them; each session removes itself when it ends.
-type Registry = Arc<Mutex<HashMap<u64, TcpStream>>>;
+/// Open connections, so shutdown can cut them (each session removes itself when it ends), and
+/// the last connection id given out by any listener.
+#[derive(Default)]
+struct Connections {
+    open: Mutex<HashMap<u64, TcpStream>>,
+    last_id: AtomicU64,
+}
+
+type Registry = Arc<Connections>;
 
 /// Run the broker until `shutdown` is set. Err(reason) when it stopped because of a failure
 /// (lost the lock, store failure): the process then exits non-zero.
-pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), String> {
+/// `tls`: the TLS listener's settings (from `transport::server_config`), None when it is off.
+pub fn run(
+    config: Config,
+    tls: Option<Arc<ServerConfig>>,
+    shutdown: Arc<Shutdown>,
+) -> Result<(), String> {
     let config = Arc::new(config);
     let role = Arc::new(Role::default());
     let auth = Authenticator::new(config.users.clone(), config.permits.clone())
@@ -54,7 +70,7 @@ pub fn run(config: Config, shutdown: Arc<Shutdown>) -> Result<(), String> {
     let election = election::spawn(config.clone(), shutdown.clone(), role)
         .map_err(|e| format!("could not start the election thread: {e}"))?;
     if wait_for_lock(&election, &shutdown) {
-        if let Err(why) = serve(&config, &shutdown, &shared) {
+        if let Err(why) = serve(&config, tls, &shutdown, &shared) {
             shutdown.fail(why);
         }
     }
@@ -85,6 +101,7 @@ fn wait_for_lock(election: &Election, shutdown: &Shutdown) -> bool {
 /// Master: take over and serve until shutdown.
 fn serve(
     config: &Arc<Config>,
+    tls: Option<Arc<ServerConfig>>,
     shutdown: &Arc<Shutdown>,
     shared: &status::Shared,
 ) -> Result<(), String> {
@@ -115,10 +132,10 @@ fn serve(
         flow: shared.flow.clone(),
         auth: shared.auth.clone(),
     };
-    let sessions = match TcpListener::bind(config.stomp_listen) {
-        Ok(listener) => accept_loop(listener, ctx),
-        Err(e) => {
-            shutdown.fail(format!("cannot listen on {}: {e}", config.stomp_listen));
+    let sessions = match bind_listeners(config, tls) {
+        Ok(listeners) => serve_listeners(listeners, ctx),
+        Err(why) => {
+            shutdown.fail(why);
             drop(ctx);
             Vec::new()
         }
@@ -237,19 +254,80 @@ fn count_destinations(recovered: &store::Recovered) -> usize {
     names.len() + recovered.durables.len()
 }
 
-/// Accept until shutdown, then cut every open connection; returns the session threads to join.
-fn accept_loop(listener: TcpListener, ctx: Context) -> Vec<JoinHandle<()>> {
+/// A bound STOMP listener; with TLS settings for the TLS one.
+struct Listener {
+    socket: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+}
+
+/// Both listeners or neither: a broker that cannot open one of its ports stops.
+fn bind_listeners(
+    config: &Config,
+    tls: Option<Arc<ServerConfig>>,
+) -> Result<Vec<Listener>, String> {
+    let mut listeners = Vec::new();
+    let wanted = [(config.stomp_listen, None), (config.stomp_tls_listen, tls)];
+    for (addr, tls) in wanted {
+        let Some(addr) = addr else { continue };
+        let socket =
+            TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        listeners.push(Listener { socket, tls });
+    }
+    Ok(listeners)
+}
+
+/// Accept on every listener (the last on this thread, others on their own) until shutdown,
+/// then cut every open connection; returns the session threads to join.
+fn serve_listeners(mut listeners: Vec<Listener>, ctx: Context) -> Vec<JoinHandle<()>> {
     let registry: Registry = Arc::default();
+    let mut threads = Vec::new();
+    let mut accept_threads = Vec::new();
+    if let Some(last) = listeners.pop() {
+        for listener in listeners {
+            let (own_ctx, own_registry) = (ctx.clone(), registry.clone());
+            let spawned = std::thread::Builder::new()
+                .name("stomp-accept".to_string())
+                .spawn(move || accept_loop(listener, &own_ctx, &own_registry));
+            match spawned {
+                Ok(thread) => accept_threads.push(thread),
+                Err(e) => ctx
+                    .shutdown
+                    .fail(format!("could not start an accept thread: {e}")),
+            }
+        }
+        threads = accept_loop(last, &ctx, &registry);
+    }
+    for thread in accept_threads {
+        threads.extend(thread.join().unwrap_or_default());
+    }
+    let why = ctx
+        .shutdown
+        .failure()
+        .unwrap_or_else(|| "asked to stop".to_string());
+    log::info!("shutting down ({why}): listeners closed, closing connections");
+    if let Ok(open) = registry.open.lock() {
+        for stream in open.values() {
+            let _ = stream.shutdown(Both::Both);
+        }
+    }
+    threads
+}
+
+/// Accept until shutdown; returns the session threads still running.
+fn accept_loop(listener: Listener, ctx: &Context, registry: &Registry) -> Vec<JoinHandle<()>> {
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    match listener.local_addr() {
+    let what = match listener.tls {
+        Some(_) => "STOMP over TLS",
+        None => "STOMP",
+    };
+    match listener.socket.local_addr() {
         Ok(addr) => {
-            log::info!("listening for STOMP on {addr}");
+            log::info!("listening for {what} on {addr}");
             ctx.shutdown.add_wake(wake_address(addr));
         }
         Err(e) => ctx.shutdown.fail(format!("listener has no address: {e}")),
     }
-    let mut next_id = 0u64;
-    for stream in listener.incoming() {
+    for stream in listener.socket.incoming() {
         if ctx.shutdown.is_stopping() {
             break;
         }
@@ -262,32 +340,24 @@ fn accept_loop(listener: TcpListener, ctx: Context) -> Vec<JoinHandle<()>> {
                 continue;
             }
         };
-        next_id += 1;
-        if let Some(thread) = start_session(next_id, stream, &ctx, &registry) {
+        if let Some(thread) = start_session(stream, &listener.tls, ctx, registry) {
             threads.push(thread);
         }
         threads.retain(|t| !t.is_finished());
-    }
-    let why = ctx
-        .shutdown
-        .failure()
-        .unwrap_or_else(|| "asked to stop".to_string());
-    log::info!("shutting down ({why}): listener closed, closing connections");
-    drop(listener);
-    if let Ok(open) = registry.lock() {
-        for stream in open.values() {
-            let _ = stream.shutdown(Both::Both);
-        }
     }
     threads
 }
 
 /// Over `max_connections`: say so in an ERROR frame and close, without starting any thread
-/// (bounded write, on the accept thread).
-fn refuse_connection(mut stream: TcpStream, limit: usize) {
+/// (bounded write, on the accept thread). A TLS connection is just closed: an ERROR would need
+/// a handshake first.
+fn refuse_connection(mut stream: TcpStream, limit: usize, tls: bool) {
     use std::io::Write;
     let message = format!("too many connections: the limit is {limit}, try again later");
     log::warn!("refused a connection: {message}");
+    if tls {
+        return;
+    }
     let frame = format!(
         "ERROR\nmessage:{message}\ncontent-type:text/plain\ncontent-length:{}\n\n{message}\0",
         message.len()
@@ -311,28 +381,42 @@ pub fn wake_address(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 }
 
 fn start_session(
-    id: u64,
     stream: TcpStream,
+    tls: &Option<Arc<ServerConfig>>,
     ctx: &Context,
     registry: &Registry,
 ) -> Option<JoinHandle<()>> {
+    let accepted = Instant::now();
     let _ = stream.set_nodelay(true);
-    let open_now = registry.lock().map(|open| open.len()).unwrap_or(0);
+    let open_now = registry.open.lock().map(|open| open.len()).unwrap_or(0);
     if open_now >= ctx.config.max_connections {
-        refuse_connection(stream, ctx.config.max_connections);
+        refuse_connection(stream, ctx.config.max_connections, tls.is_some());
         return None;
     }
     let handle = stream.try_clone().ok()?;
-    if let Ok(mut open) = registry.lock() {
+    let id = registry.last_id.fetch_add(1, Ordering::Relaxed) + 1;
+    if let Ok(mut open) = registry.open.lock() {
         open.insert(id, handle);
     }
     let ctx = ctx.clone();
     let registry = registry.clone();
+    let tls = tls.clone();
     std::thread::Builder::new()
         .name("conn-reader".to_string())
         .spawn(move || {
-            session::serve(id, stream, ctx);
-            if let Ok(mut open) = registry.lock() {
+            let transport = match tls {
+                None => Some(Transport::Plain(stream)),
+                Some(tls) => {
+                    let limit = (accepted, ctx.config.connect_timeout);
+                    transport::accept_tls(stream, tls, limit, &ctx.shutdown)
+                        .map_err(|why| log::info!("connection {id}: {why}; closing it"))
+                        .ok()
+                }
+            };
+            if let Some(transport) = transport {
+                session::serve(id, transport, accepted, ctx);
+            }
+            if let Ok(mut open) = registry.open.lock() {
                 open.remove(&id);
             }
         })

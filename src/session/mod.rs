@@ -17,10 +17,10 @@ use crate::outbox::{outbox, Outbox};
 use crate::router::{Answer, ConnId, Reply, RouterMsg};
 use crate::shutdown::Shutdown;
 use crate::store::{StoreError, StoreOp};
+use crate::transport::Transport;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -59,7 +59,10 @@ enum Flow {
 struct Session {
     id: ConnId,
     ctx: Context,
-    stream: TcpStream,
+    /// The reader's side of the connection.
+    stream: Transport,
+    /// When the connection was accepted: the CONNECT timeout counts from here.
+    accepted: Instant,
     outbox: Outbox,
     settings: Arc<WriterSettings>,
     decoder: Decoder,
@@ -80,8 +83,8 @@ struct Session {
     answer_wrote: std::cell::Cell<bool>,
 }
 
-/// Serve one accepted connection on this thread until it closes.
-pub fn serve(id: ConnId, stream: TcpStream, ctx: Context) {
+/// Serve one accepted connection (TLS already handshaken) on this thread until it closes.
+pub fn serve(id: ConnId, stream: Transport, accepted: Instant, ctx: Context) {
     let (settings, outbox, writer) = match start_writer(&stream, ctx.config.slow_consumer) {
         Ok(parts) => parts,
         Err(e) => return log::warn!("connection {id}: could not start its writer: {e}"),
@@ -93,6 +96,7 @@ pub fn serve(id: ConnId, stream: TcpStream, ctx: Context) {
         id,
         ctx,
         stream,
+        accepted,
         outbox,
         settings,
         decoder: Decoder::new(Limits {
@@ -125,10 +129,10 @@ pub fn serve(id: ConnId, stream: TcpStream, ctx: Context) {
 }
 
 fn start_writer(
-    stream: &TcpStream,
+    stream: &Transport,
     slow_consumer: Duration,
 ) -> std::io::Result<(Arc<WriterSettings>, Outbox, JoinHandle<()>)> {
-    let (outbox, inbox) = outbox(stream.try_clone()?);
+    let (outbox, inbox) = outbox(stream.socket().try_clone()?);
     let settings = Arc::new(WriterSettings::default());
     let write_half = stream.try_clone()?;
     let thread_settings = settings.clone();
@@ -140,8 +144,8 @@ fn start_writer(
 
 impl Session {
     fn read_loop(&mut self) {
-        let _ = self.stream.set_read_timeout(Some(TICK));
-        let started = Instant::now();
+        let _ = self.stream.socket().set_read_timeout(Some(TICK));
+        let started = self.accepted;
         let mut last_read = Instant::now();
         // Small while the client is quiet (most of a broker's connections), doubled up to
         // `READ_BUFFER_MAX` whenever a read fills it.

@@ -2,16 +2,19 @@
 //!
 //! Takes `Outgoing` items from the connection's `Inbox` in order, encodes them, and flushes when
 //! the queue is empty (so bursts go out in few syscalls). Sends a heart-beat EOL when nothing was
-//! written for the agreed interval. Every write is bounded by `slow_consumer` (config
+//! written for the agreed interval, and flushes when idle (over TLS that sends the records the
+//! reader's input caused). Every write is bounded by `slow_consumer` (config
 //! `slow_consumer_ms`): a client
 //! that does not read for that long is disconnected (its unacknowledged messages are redelivered
 //! elsewhere). On any write error it shuts the socket down, which also ends the reader.
+//! Writes go through `transport` (plain TCP or TLS).
 
 use crate::codec::{encode, Version, HEARTBEAT};
 use crate::outbox::{Inbox, Outgoing};
+use crate::transport::Transport;
 use crossbeam_channel::RecvTimeoutError;
 use std::io::{BufWriter, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,24 +61,26 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 /// Write until the inbox closes or a write fails; a write blocked for `slow_consumer` fails.
 pub fn run(
-    stream: TcpStream,
+    stream: Transport,
     inbox: Inbox,
     settings: Arc<WriterSettings>,
     slow_consumer: Duration,
 ) {
-    let _ = stream.set_write_timeout(Some(slow_consumer));
+    let _ = stream.socket().set_write_timeout(Some(slow_consumer));
     // Frames smaller than this are gathered into one write; larger bodies go out directly.
-    let mut out = BufWriter::with_capacity(16 * 1024, &stream);
+    let mut out = BufWriter::with_capacity(16 * 1024, stream);
     let mut buf = Vec::with_capacity(4096);
     let result = loop {
         let heartbeat = settings.heartbeat();
         let item = match inbox.rx.recv_timeout(heartbeat.unwrap_or(IDLE_WAIT)) {
             Ok(item) => item,
             Err(RecvTimeoutError::Timeout) => {
-                if heartbeat.is_some() {
-                    if let Err(e) = out.write_all(HEARTBEAT).and_then(|_| out.flush()) {
-                        break Err(e);
-                    }
+                let beat = match heartbeat {
+                    Some(_) => out.write_all(HEARTBEAT),
+                    None => Ok(()),
+                };
+                if let Err(e) = beat.and_then(|_| out.flush()) {
+                    break Err(e);
                 }
                 continue;
             }
@@ -102,7 +107,7 @@ pub fn run(
             }
             Outgoing::Close => {
                 let flushed = out.flush();
-                let _ = stream.shutdown(Shutdown::Write);
+                let _ = out.get_mut().close_write();
                 break flushed;
             }
         }
@@ -117,6 +122,6 @@ pub fn run(
     };
     if let Err(e) = result {
         log::debug!("connection write failed: {e}");
-        let _ = stream.shutdown(Shutdown::Both);
+        let _ = out.get_ref().socket().shutdown(Shutdown::Both);
     }
 }

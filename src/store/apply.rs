@@ -259,37 +259,29 @@ pub(super) fn assign(
     message
 }
 
-/// Write `messages` (at most one statement's worth) in ONE autocommitted statement fenced by
-/// itself: `INSERT ... SELECT <row> FROM hamq_epoch WHERE epoch = ours UNION ALL ...`. Under
-/// REPEATABLE READ (which `store::connect` sets) an INSERT ... SELECT reads the epoch row with
-/// a shared lock, as `lock::check_epoch` does, so a takeover waits for it, and after one the
-/// statement inserts nothing. Returns the rows inserted: all of them, or none when deposed.
+/// Write `message` in ONE autocommitted statement that fences itself:
+/// `INSERT ... SELECT <row> FROM hamq_epoch WHERE id = 1 AND epoch = ours`. Under REPEATABLE
+/// READ (which `store::connect` sets) an INSERT ... SELECT reads the epoch row with a shared
+/// lock, as `lock::check_epoch` does, so a takeover waits for it, and after one the statement
+/// inserts nothing. Returns whether the row was inserted (false: deposed).
+///
+/// One row only: MariaDB 10.11 stored empty bodies for some executions of the multi-row form
+/// (`... UNION ALL SELECT <row> ...`, prepared, binary protocol; tests/flow_control.rs caught
+/// it), so batches of several rows take the transaction.
 pub(super) fn insert_fenced(
     conn: &mut Conn,
-    messages: &[Arc<Message>],
+    message: &Message,
     epoch: u64,
-) -> Result<u64, StoreError> {
-    let arm = format!(
-        "SELECT {} FROM hamq_epoch WHERE id = 1 AND epoch = ?",
-        ["?"; 8].join(", ")
-    );
-    let sql = format!(
+) -> Result<bool, StoreError> {
+    let mut params = row_values(message).to_vec();
+    params.push(Value::from(epoch));
+    conn.exec_drop(
         "INSERT INTO hamq_messages (id, destination, priority, expires, timestamp, \
-         original_destination, headers, body) {}",
-        vec![arm; messages.len()].join(" UNION ALL ")
-    );
-    let mut params = Vec::with_capacity(messages.len() * 9);
-    for m in messages {
-        params.extend(row_values(m));
-        params.push(Value::from(epoch));
-    }
-    conn.exec_drop(sql, params)?;
-    Ok(conn.affected_rows())
-}
-
-/// Whether `messages` fit one INSERT statement (see `write_rows`).
-pub(super) fn fits_one_statement(rows: usize, bytes: usize) -> bool {
-    rows <= ROWS_PER_INSERT && (rows <= 1 || bytes < BYTES_PER_INSERT)
+         original_destination, headers, body) \
+         SELECT ?, ?, ?, ?, ?, ?, ?, ? FROM hamq_epoch WHERE id = 1 AND epoch = ?",
+        params,
+    )?;
+    Ok(conn.affected_rows() == 1)
 }
 
 /// Write the gathered message rows and durable entries: multi-row INSERTs with the ids the

@@ -20,7 +20,7 @@ pub use writer::{spawn_writer, Fence, WriterHandle, WriterStats};
 use crate::message::Message;
 use crate::queue::PagedMeta;
 use mysql::prelude::Queryable;
-use mysql::{Conn, Opts, OptsBuilder};
+use mysql::{Conn, Opts, OptsBuilder, SslOpts};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,6 +165,39 @@ pub(crate) fn abandon(tx: mysql::Transaction<'_>) {
 /// (see `apply`) and every other statement fit, so none is prepared twice.
 const STATEMENT_CACHE: usize = 128;
 
+/// The connection options of a datastore URL: the mysql crate's URL parameters (TLS ones
+/// included: `root_cert_path`, `danger_accept_invalid_certs`, `danger_skip_domain_validation`,
+/// `cert_chain_path` with `priv_key_path`, `cipher_suites`; any of them turns TLS on) plus
+/// hamq's `require_ssl=true`, which turns TLS on by itself (server certificate checked against
+/// the built-in Mozilla roots, and `root_cert_path` if given). With TLS on, a server that does
+/// not offer it is refused.
+pub fn opts_from_url(url: &str) -> Result<Opts, String> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut require_ssl = false;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("require_ssl", "true")) => require_ssl = true,
+            Some(("require_ssl", "false")) => {}
+            Some(("require_ssl", other)) => {
+                return Err(format!("require_ssl is `{other}`, not true or false"))
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let url = match rest.is_empty() {
+        true => base.to_string(),
+        false => format!("{base}?{}", rest.join("&")),
+    };
+    let opts = Opts::from_url(&url).map_err(|e| e.to_string())?;
+    if require_ssl && opts.get_ssl_opts().is_none() {
+        return Ok(OptsBuilder::from_opts(opts)
+            .ssl_opts(Some(SslOpts::default()))
+            .into());
+    }
+    Ok(opts)
+}
+
 /// Open one connection with bounded socket calls and the session settings of the lease:
 /// `wait_timeout = lease`, so the server drops a connection that goes silent (a frozen or cut-off
 /// master) and with it any lock it held; the owner keeps it busy at shorter intervals.
@@ -176,7 +209,8 @@ pub fn connect(
     io_timeout: Duration,
     lock_wait: Duration,
 ) -> Result<Conn, StoreError> {
-    let opts = Opts::from_url(url).map_err(|e| StoreError::Unfit(e.to_string()))?;
+    let opts = opts_from_url(url).map_err(StoreError::Unfit)?;
+    let tls = opts.get_ssl_opts().is_some();
     let init = vec![
         format!("SET SESSION wait_timeout = {}", lease.as_secs().max(1)),
         format!(
@@ -193,8 +227,21 @@ pub fn connect(
         .write_timeout(Some(io_timeout))
         .stmt_cache_size(Some(STATEMENT_CACHE))
         .init(init);
-    Ok(Conn::new(opts)?)
+    Conn::new(opts).map_err(|e| {
+        let denied = matches!(&e, mysql::Error::MySqlError(m) if m.code == ACCESS_DENIED);
+        match StoreError::from(e) {
+            StoreError::Sql(text) if denied && !tls => StoreError::Sql(format!(
+                "{text} (MariaDB says this too when it requires secure transport: \
+                 then add require_ssl=true to the datastore URL)"
+            )),
+            other => other,
+        }
+    })
 }
+
+/// ER_ACCESS_DENIED_ERROR: wrong credentials, or (MariaDB) a plain connection to a server that
+/// requires TLS.
+const ACCESS_DENIED: u16 = 1045;
 
 /// `MariaDB 10.11.6` or `MySQL 8.0.36`, for the "datastore connected" log line.
 pub fn server_description(conn: &mut Conn) -> Result<String, StoreError> {
@@ -268,6 +315,31 @@ fn decode_headers(mut bytes: &[u8]) -> Result<Vec<(String, String)>, StoreError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_url_parameters() {
+        let base = "mysql://u:p@db.example:3306/hamq";
+        assert!(opts_from_url(base).unwrap().get_ssl_opts().is_none());
+        let off = opts_from_url(&format!("{base}?require_ssl=false")).unwrap();
+        assert!(off.get_ssl_opts().is_none());
+        let on = opts_from_url(&format!("{base}?require_ssl=true")).unwrap();
+        assert_eq!(on.get_ssl_opts(), Some(&SslOpts::default()));
+        assert_eq!(on.get_db_name(), Some("hamq"));
+        let ca = format!("{base}?require_ssl=true&root_cert_path=/etc/ca.pem&prefer_socket=false");
+        let ca = opts_from_url(&ca).unwrap();
+        let ssl = ca.get_ssl_opts().unwrap();
+        assert_eq!(
+            ssl.root_cert_path(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert!(!ssl.accept_invalid_certs());
+        assert!(!ca.get_prefer_socket());
+        let implied = opts_from_url(&format!("{base}?root_cert_path=/etc/ca.pem")).unwrap();
+        assert!(implied.get_ssl_opts().is_some());
+        let bad = opts_from_url(&format!("{base}?require_ssl=yes")).unwrap_err();
+        assert!(bad.contains("require_ssl"), "{bad}");
+        assert!(opts_from_url(&format!("{base}?bogus=1")).is_err());
+    }
 
     #[test]
     fn headers_round_trip_and_corruption_is_an_error() {

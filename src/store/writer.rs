@@ -290,10 +290,10 @@ impl Writer {
         Ok(())
     }
 
-    /// Whether the batch is only SENDs whose rows fit one statement and need no durable entries
-    /// (the common case: producers sending to queues).
+    /// Whether the batch is SENDs with one stored row that needs no durable entries (a lone
+    /// producer sending to a queue: the case where round trips are most of the cost).
     fn one_insert_does(&self, batch: &[StoreOp]) -> bool {
-        let (mut rows, mut bytes) = (0, 0);
+        let mut rows = 0;
         for op in batch {
             let StoreOp::Commit {
                 sends, removals, ..
@@ -309,10 +309,9 @@ impl Writer {
                     return false;
                 }
                 rows += 1;
-                bytes += m.body.len();
             }
         }
-        rows > 0 && apply::fits_one_statement(rows, bytes)
+        rows == 1
     }
 
     /// Such a batch costs one round trip and one fsync: a single autocommitted INSERT that
@@ -324,20 +323,23 @@ impl Writer {
     ) -> Result<(), StoreError> {
         self.assign_all(batch, out);
         let rows = std::mem::take(&mut out.inserts);
+        let Some(row) = rows.first() else {
+            return Ok(());
+        };
         let written =
-            apply::insert_fenced(&mut self.conn, &rows, self.fence.epoch).map_err(|e| match e {
+            apply::insert_fenced(&mut self.conn, row, self.fence.epoch).map_err(|e| match e {
                 // Autocommitted: a statement whose answer was lost may have committed.
                 StoreError::Unreachable(e) => StoreError::Unconfirmed(e),
                 other => other,
             })?;
-        if written != rows.len() as u64 {
+        if !written {
             let (_, current) = lock::holder(&mut self.conn)?;
             return Err(StoreError::Deposed {
                 ours: self.fence.epoch,
                 current,
             });
         }
-        out.rows_written += written;
+        out.rows_written += 1;
         Ok(())
     }
 

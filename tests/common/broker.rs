@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 /// The line the broker logs once it accepts STOMP connections; the address follows it.
 pub const LISTENING: &str = "listening for STOMP on ";
+/// The same for the TLS listener.
+pub const LISTENING_TLS: &str = "listening for STOMP over TLS on ";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The empty config files given with `--config`: `<temp>/hamq-harness-conf-<pid>_<n>.conf`.
 const CONFIG_PREFIX: &str = "hamq-harness-conf-";
@@ -24,6 +26,7 @@ pub struct Broker {
     /// stdout and stderr, read line by line.
     log: Arc<Output>,
     stomp_port: OnceLock<u16>,
+    stomp_tls_port: OnceLock<u16>,
     config: PathBuf,
 }
 
@@ -97,6 +100,7 @@ impl Broker {
             child,
             log,
             stomp_port: OnceLock::new(),
+            stomp_tls_port: OnceLock::new(),
             config,
         }
     }
@@ -111,12 +115,23 @@ impl Broker {
 
     /// The STOMP port from the broker's `listening for STOMP on ADDR` line (waits up to 30 s).
     pub fn stomp_port(&self) -> u16 {
-        *self.stomp_port.get_or_init(|| {
-            let line = self.wait_for_log(LISTENING, START_TIMEOUT);
-            parse_port(&line).unwrap_or_else(|| {
-                panic!("broker {}: cannot parse the port in {line:?}", self.name)
-            })
-        })
+        *self
+            .stomp_port
+            .get_or_init(|| self.listening_port(LISTENING))
+    }
+
+    /// The TLS port from the broker's `listening for STOMP over TLS on ADDR` line (waits up to
+    /// 30 s); for brokers spawned with `HAMQ_STOMP_TLS_LISTEN`.
+    pub fn stomp_tls_port(&self) -> u16 {
+        *self
+            .stomp_tls_port
+            .get_or_init(|| self.listening_port(LISTENING_TLS))
+    }
+
+    fn listening_port(&self, needle: &str) -> u16 {
+        let line = self.wait_for_log(needle, START_TIMEOUT);
+        parse_port(&line, needle)
+            .unwrap_or_else(|| panic!("broker {}: cannot parse the port in {line:?}", self.name))
     }
 
     /// Every line the broker wrote so far (stdout and stderr interleaved as read).
@@ -238,9 +253,9 @@ fn read_pipe(pipe: Option<impl Read>) -> String {
     text
 }
 
-/// The port in `... listening for STOMP on 127.0.0.1:PORT ...`.
-fn parse_port(line: &str) -> Option<u16> {
-    let rest = &line[line.find(LISTENING)? + LISTENING.len()..];
+/// The port in `... NEEDLE 127.0.0.1:PORT ...`, NEEDLE being one of the `LISTENING` lines.
+fn parse_port(line: &str, needle: &str) -> Option<u16> {
+    let rest = &line[line.find(needle)? + needle.len()..];
     let addr = rest.split_whitespace().next()?;
     let addr = addr.trim_end_matches(|c: char| !c.is_ascii_digit());
     if let Ok(sa) = addr.parse::<SocketAddr>() {

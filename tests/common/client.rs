@@ -1,10 +1,14 @@
-//! A tiny STOMP 1.2 client over a real TcpStream, with its own frame parser: tests must not
-//! depend on the crate's codec.
+//! A tiny STOMP 1.2 client over a real TcpStream (plain, or TLS through rustls), with its own
+//! frame parser: tests must not depend on the crate's codec.
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The default wait for a frame or a connection.
@@ -62,9 +66,61 @@ enum Next {
     Eof,
 }
 
+/// The client's byte stream: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.get_ref(),
+        }
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.tcp().set_read_timeout(timeout)
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.read(buf),
+            Stream::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.write(buf),
+            Stream::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(tcp) => tcp.flush(),
+            Stream::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+/// CONNECT headers as guest/guest with STOMP 1.2.
+const GUEST: [(&str, &str); 4] = [
+    ("accept-version", "1.2"),
+    ("host", "/"),
+    ("login", "guest"),
+    ("passcode", "guest"),
+];
+
 /// A STOMP connection. Frames that arrive while waiting for a receipt are kept for `recv`.
 pub struct Client {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     pending: VecDeque<Frame>,
     receipts: u64,
@@ -78,7 +134,40 @@ impl Client {
             .unwrap_or_else(|e| panic!("cannot connect to the broker at {addr}: {e}"));
         stream.set_nodelay(true).expect("set_nodelay");
         Client {
-            stream,
+            stream: Stream::Plain(stream),
+            buf: Vec::new(),
+            pending: VecDeque::new(),
+            receipts: 0,
+        }
+    }
+
+    /// A TLS connection to 127.0.0.1:`port` (handshake done within [`TIMEOUT`], server name
+    /// `localhost`) trusting only the CA certificate `ca_pem`, with no CONNECT sent.
+    pub fn raw_tls(port: u16, ca_pem: &str) -> Client {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.expect("CA PEM")).expect("CA certificate");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").expect("server name");
+        let mut conn = ClientConnection::new(Arc::new(config), name).expect("TLS client");
+        let mut tcp = match Self::raw(port).stream {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(_) => unreachable!("raw() is plain TCP"),
+        };
+        tcp.set_read_timeout(Some(TIMEOUT))
+            .expect("set_read_timeout");
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp)
+                .unwrap_or_else(|e| panic!("TLS handshake with port {port}: {e}"));
+        }
+        Client {
+            stream: Stream::Tls(Box::new(StreamOwned::new(conn, tcp))),
             buf: Vec::new(),
             pending: VecDeque::new(),
             receipts: 0,
@@ -87,18 +176,22 @@ impl Client {
 
     /// CONNECT as guest/guest with STOMP 1.2; panics unless CONNECTED comes back.
     pub fn connect(port: u16) -> Client {
-        let headers = [
-            ("accept-version", "1.2"),
-            ("host", "/"),
-            ("login", "guest"),
-            ("passcode", "guest"),
-        ];
-        let (client, reply) = Self::connect_with(port, &headers);
+        Self::raw(port).connected(port)
+    }
+
+    /// [`Client::connect`] over TLS (see [`Client::raw_tls`]).
+    pub fn connect_tls(port: u16, ca_pem: &str) -> Client {
+        Self::raw_tls(port, ca_pem).connected(port)
+    }
+
+    fn connected(mut self, port: u16) -> Client {
+        self.send_frame("CONNECT", &GUEST, b"");
+        let reply = self.recv(TIMEOUT);
         assert_eq!(
             reply.command, "CONNECTED",
             "CONNECT to port {port} was answered with {reply:?}"
         );
-        client
+        self
     }
 
     /// Sends CONNECT with exactly `headers` and returns the first frame of the reply.
@@ -270,7 +363,7 @@ impl Client {
         let stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
         stream.set_nodelay(true).ok()?;
         let mut client = Client {
-            stream,
+            stream: Stream::Plain(stream),
             buf: Vec::new(),
             pending: VecDeque::new(),
             receipts: 0,
@@ -335,7 +428,7 @@ impl Client {
 
     /// The socket, e.g. to shut it down half-way.
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.stream.tcp()
     }
 
     fn next(&mut self, timeout: Duration) -> Next {
@@ -389,7 +482,9 @@ impl Client {
             Err(e)
                 if matches!(
                     e.kind(),
-                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                    ErrorKind::ConnectionReset
+                        | ErrorKind::ConnectionAborted
+                        | ErrorKind::UnexpectedEof
                 ) =>
             {
                 Err(ReadEnd::Eof)

@@ -24,6 +24,8 @@ pub struct MariaDb {
     mariadbd: PathBuf,
     /// `--bind-address`: `127.0.0.1` unless started with [`MariaDb::start_bound`].
     bind_address: String,
+    /// More `mariadbd` arguments, from [`MariaDb::start_with_args`].
+    extra_args: Vec<String>,
 }
 
 impl MariaDb {
@@ -39,6 +41,15 @@ impl MariaDb {
     /// list (the harness connects as root through it). Remote clients also need
     /// [`MariaDb::allow_hamq_from`].
     pub fn start_bound(bind_address: &str) -> MariaDb {
+        Self::start_with(bind_address, &[])
+    }
+
+    /// Like [`MariaDb::start`], with more `mariadbd` arguments (e.g. `--ssl-cert=PATH`).
+    pub fn start_with_args(args: &[String]) -> MariaDb {
+        Self::start_with("127.0.0.1", args)
+    }
+
+    fn start_with(bind_address: &str, extra_args: &[String]) -> MariaDb {
         static SWEEP: OnceLock<()> = OnceLock::new();
         SWEEP.get_or_init(|| process::sweep_stale(&std::env::temp_dir(), DIR_PREFIX));
         let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}", process::unique_id()));
@@ -54,6 +65,7 @@ impl MariaDb {
             dir,
             mariadbd: find_binary("mariadbd"),
             bind_address: bind_address.to_string(),
+            extra_args: extra_args.to_vec(),
         };
         db.install();
         db.launch_on_free_port();
@@ -215,6 +227,7 @@ impl MariaDb {
             ])
             .args(["--max-connections=500", "--character-set-server=utf8mb4"])
             .arg("--collation-server=utf8mb4_general_ci")
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup mariadbd.log"))
             .stderr(log);

@@ -7,6 +7,7 @@
 //!   [`hash_password`] makes a `users` value with `hamq hash`.
 //! - [`Client`] and [`Frame`]: a minimal STOMP client with its own parser, independent of the
 //!   crate's codec, so a codec bug cannot hide itself in the tests.
+//! - [`Certs`]: a throwaway CA and server certificate (PEM files) for TLS tests.
 //! - [`Load`]: the failover tests' producers, consumer and CONNECT probe, and their checks.
 //! - [`NetNs`]: a network namespace joined to the host by veth pairs, for network cuts.
 //!
@@ -20,6 +21,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod broker;
+mod certs;
 mod client;
 mod load;
 mod mariadb;
@@ -30,6 +32,7 @@ mod process;
 pub mod supervise;
 
 pub use broker::{hamq_hash, hash_password, Broker};
+pub use certs::Certs;
 pub use client::{Client, Frame, TIMEOUT};
 pub use load::{Ledger, Load, QUEUE};
 pub use mariadb::{shared_mariadb, MariaDb};

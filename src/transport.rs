@@ -1,0 +1,315 @@
+//! A client connection's byte stream: plain TCP, or TLS (rustls with the ring provider) over TCP.
+//!
+//! Owns loading the listener's certificate and key (`server_config`, called once by `main`), the
+//! TLS handshake (`accept_tls`, run on the connection's reader thread before its session starts,
+//! bounded by the CONNECT timeout), and the stream both session threads use.
+//!
+//! A session reads on its reader thread and writes on its writer thread, each with its own clone
+//! of the socket. A rustls connection cannot be split in two, so the TLS variant keeps it behind
+//! a mutex shared by both clones, held only to encrypt or decrypt, never during socket I/O (a
+//! client that does not read while it sends must not stop the broker from reading, as over
+//! plain TCP):
+//! - the reader reads ciphertext from its socket without the lock, then locks to feed it to
+//!   rustls and take the plaintext;
+//! - the writer locks, hands rustls the plaintext, takes every record rustls has queued (its
+//!   own, and those the reader's input caused: alerts, key update answers), unlocks, and writes
+//!   them to the socket. Only the writer writes, so records leave in the order rustls made them;
+//!   it also flushes when idle, and at close (after close_notify).
+//!
+//! Socket timeouts keep their plain-TCP meaning: the reader's read timeout ticks its loop, the
+//! writer's write timeout is the slow-consumer limit. Calls only rustls and the standard library.
+
+use crate::config::Config;
+use crate::shutdown::Shutdown;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection};
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown as Both, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How long one handshake read waits before the deadline and shutdown are checked again.
+const TICK: Duration = Duration::from_millis(200);
+/// Ciphertext read from the socket at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The TLS listener's settings from `tls_cert` and `tls_key`; None when `stomp_tls_listen` is
+/// off. Err names the file and what is wrong with it.
+pub fn server_config(config: &Config) -> Result<Option<Arc<ServerConfig>>, String> {
+    if config.stomp_tls_listen.is_none() {
+        return Ok(None);
+    }
+    let (Some(cert_path), Some(key_path)) = (&config.tls_cert, &config.tls_key) else {
+        return Err("stomp_tls_listen is set, so tls_cert and tls_key must be too".to_string());
+    };
+    let certs = load_certs(cert_path)?;
+    let key = load_key(key_path)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            format!(
+                "tls_cert {} with tls_key {}: {e}",
+                cert_path.display(),
+                key_path.display()
+            )
+        })?;
+    Ok(Some(Arc::new(server)))
+}
+
+fn read_pem(key: &str, path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{key} {}: cannot read it: {e}", path.display()))
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read_pem("tls_cert", path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("tls_cert {}: not a PEM certificate: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "tls_cert {}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = read_pem("tls_key", path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => format!(
+            "tls_key {}: holds no PEM private key (-----BEGIN PRIVATE KEY-----)",
+            path.display()
+        ),
+        e => format!("tls_key {}: not a PEM private key: {e}", path.display()),
+    })
+}
+
+/// One side (reader or writer) of a connection's stream.
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(TlsStream),
+}
+
+/// One side of a TLS connection: its own socket clone, the shared rustls state, and ciphertext
+/// on its way: on the reader's side read but not yet taken by rustls, on the writer's side taken
+/// from rustls and not yet written.
+pub struct TlsStream {
+    socket: TcpStream,
+    conn: Arc<Mutex<ServerConnection>>,
+    incoming: Vec<u8>,
+    /// `incoming[taken..]` is still to be fed to rustls.
+    taken: usize,
+    outgoing: Vec<u8>,
+}
+
+/// Run the TLS handshake on a socket accepted at `accepted`, until `timeout` (the CONNECT
+/// timeout) has passed since then, or shutdown. Err says why the connection is dropped.
+pub fn accept_tls(
+    socket: TcpStream,
+    config: Arc<ServerConfig>,
+    (accepted, timeout): (Instant, Duration),
+    shutdown: &Shutdown,
+) -> Result<Transport, String> {
+    let mut conn = ServerConnection::new(config).map_err(|e| format!("TLS setup: {e}"))?;
+    let deadline = accepted + timeout;
+    let failed = |e: io::Error| match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => no_handshake(timeout),
+        _ => format!("TLS handshake failed: {e}"),
+    };
+    while conn.is_handshaking() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(no_handshake(timeout));
+        }
+        if shutdown.is_stopping() {
+            return Err("the broker is stopping".to_string());
+        }
+        let _ = socket.set_read_timeout(Some(left.min(TICK)));
+        let _ = socket.set_write_timeout(Some(left));
+        if conn.wants_write() {
+            conn.write_tls(&mut &socket).map_err(failed)?;
+            continue;
+        }
+        match conn.read_tls(&mut &socket) {
+            Ok(0) => return Err("the client closed during the TLS handshake".to_string()),
+            Ok(_) => {
+                if let Err(e) = conn.process_new_packets() {
+                    // Tell the client why (an alert), as far as it listens.
+                    let _ = conn.write_tls(&mut &socket);
+                    return Err(format!("TLS handshake failed: {e}"));
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    while conn.wants_write() {
+        conn.write_tls(&mut &socket).map_err(failed)?;
+    }
+    Ok(Transport::Tls(TlsStream::new(
+        socket,
+        Arc::new(Mutex::new(conn)),
+    )))
+}
+
+fn no_handshake(timeout: Duration) -> String {
+    format!(
+        "no TLS handshake within {} ms (the CONNECT timeout)",
+        timeout.as_millis()
+    )
+}
+
+impl Transport {
+    /// Another side of the same connection: a socket clone, the same TLS state.
+    pub fn try_clone(&self) -> io::Result<Transport> {
+        Ok(match self {
+            Transport::Plain(socket) => Transport::Plain(socket.try_clone()?),
+            Transport::Tls(tls) => {
+                Transport::Tls(TlsStream::new(tls.socket.try_clone()?, tls.conn.clone()))
+            }
+        })
+    }
+
+    /// The TCP socket under it: for timeouts, and for cutting the connection.
+    pub fn socket(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(socket) => socket,
+            Transport::Tls(tls) => &tls.socket,
+        }
+    }
+
+    /// After the last frame (writer side): tell a TLS peer the session ends (close_notify),
+    /// then close the sending half so the peer sees EOF.
+    pub fn close_write(&mut self) -> io::Result<()> {
+        if let Transport::Tls(tls) = self {
+            lock(&tls.conn)?.send_close_notify();
+            tls.send_queued()?;
+        }
+        self.socket().shutdown(Both::Write)
+    }
+}
+
+fn lock(conn: &Mutex<ServerConnection>) -> io::Result<MutexGuard<'_, ServerConnection>> {
+    conn.lock()
+        .map_err(|_| io::Error::other("TLS state poisoned by a panic"))
+}
+
+impl TlsStream {
+    fn new(socket: TcpStream, conn: Arc<Mutex<ServerConnection>>) -> TlsStream {
+        TlsStream {
+            socket,
+            conn,
+            incoming: Vec::new(),
+            taken: 0,
+            outgoing: Vec::new(),
+        }
+    }
+
+    /// Plaintext into `buf`: what rustls holds, else ciphertext fed from `incoming`, else read
+    /// from the socket (a read timeout surfaces as WouldBlock/TimedOut, as for plain TCP).
+    fn read_plain(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            {
+                let mut conn = lock(&self.conn)?;
+                match conn.reader().read(buf) {
+                    // 0: the client ended the TLS session (close_notify).
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    // UnexpectedEof: TCP closed without close_notify.
+                    Err(e) => return Err(e),
+                }
+                if self.taken < self.incoming.len() && conn.wants_read() {
+                    let mut rest = &self.incoming[self.taken..];
+                    self.taken += conn.read_tls(&mut rest)?;
+                    // Records this causes (alerts, key update answers) go out with the writer's.
+                    conn.process_new_packets()
+                        .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+                    continue;
+                }
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Read the next ciphertext from the socket, without holding the lock.
+    fn fill(&mut self) -> io::Result<()> {
+        if self.taken < self.incoming.len() {
+            // rustls takes nothing more and holds no plaintext: it wants no more input.
+            return Err(io::Error::new(ErrorKind::InvalidData, "TLS input stalled"));
+        }
+        self.incoming.resize(READ_CHUNK, 0);
+        self.taken = 0;
+        match (&self.socket).read(&mut self.incoming) {
+            Ok(0) => {
+                self.incoming.clear();
+                // End of input: rustls then reports a clean or an unclean close.
+                let mut conn = lock(&self.conn)?;
+                conn.read_tls(&mut io::empty())?;
+                conn.process_new_packets()
+                    .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+                Ok(())
+            }
+            Ok(n) => {
+                self.incoming.truncate(n);
+                Ok(())
+            }
+            Err(e) => {
+                self.incoming.clear();
+                Err(e)
+            }
+        }
+    }
+
+    fn write_plain(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = lock(&self.conn)?.writer().write(data)?;
+        self.send_queued()?;
+        Ok(n)
+    }
+
+    /// Take every record rustls has queued, then write them without holding the lock (bounded
+    /// by the socket's write timeout). Writer side only.
+    fn send_queued(&mut self) -> io::Result<()> {
+        {
+            let mut conn = lock(&self.conn)?;
+            while conn.wants_write() {
+                conn.write_tls(&mut self.outgoing)?;
+            }
+        }
+        let written = (&self.socket).write_all(&self.outgoing);
+        self.outgoing.clear();
+        written
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(socket) => socket.read(buf),
+            Transport::Tls(tls) => tls.read_plain(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(socket) => socket.write(data),
+            Transport::Tls(tls) => tls.write_plain(data),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(socket) => socket.flush(),
+            Transport::Tls(tls) => tls.send_queued(),
+        }
+    }
+}
