@@ -9,17 +9,22 @@
 //!   frames with receipts faster than it reads them therefore stops being read (TCP pushes back)
 //!   instead of growing this queue, and a reserved frame always finds room.
 //!
-//! The queue itself is crossbeam's unbounded list (it allocates as it fills: a bounded array
-//! would allocate all its slots up front, ~45 KiB per idle connection); the window and the
-//! credits bound it to the message window plus the control credits plus one `Close`.
+//! The queue itself (`Line`) is a deque behind a mutex and a condition variable: it allocates
+//! as it fills (a bounded channel would allocate all its slots up front, ~45 KiB per idle
+//! connection), and its writer sleeps at once when it is empty (a crossbeam channel spins and
+//! yields first: with a writer thread per connection waiting most of the time, that was most
+//! of the broker's CPU under load). The window and the credits bound it to the message window
+//! plus the control credits plus one `Close`.
 
 use crate::codec::Frame;
 use crate::message::Delivery;
-use crossbeam_channel::{bounded, unbounded, Receiver, SendTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use std::collections::VecDeque;
+use std::fmt;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// MESSAGE frames queued for one connection at most.
 pub const MESSAGE_WINDOW: usize = 256;
@@ -38,10 +43,50 @@ pub enum Outgoing {
     Close,
 }
 
+/// The queue between a connection's senders and its writer thread.
+#[derive(Default)]
+struct Line {
+    state: Mutex<LineState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct LineState {
+    items: VecDeque<Outgoing>,
+    /// `Outbox` handles alive; when none is left the writer drains what is queued and stops.
+    senders: usize,
+    /// The writer is gone: nothing more is taken.
+    closed: bool,
+    /// The writer sleeps on `ready`.
+    waiting: bool,
+}
+
+impl Line {
+    fn lock(&self) -> MutexGuard<'_, LineState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// False when the writer is gone.
+    fn push(&self, item: Outgoing) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        state.items.push_back(item);
+        let wake = state.waiting;
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
+        true
+    }
+}
+
 /// The sending side, cloned into the router and into store callbacks.
-#[derive(Clone, Debug)]
 pub struct Outbox {
-    tx: Sender<Outgoing>,
+    line: Arc<Line>,
     credits: Sender<()>,
     queued_bytes: Arc<AtomicUsize>,
     /// MESSAGE frames the writer has written to the socket so far.
@@ -51,7 +96,7 @@ pub struct Outbox {
 
 /// The writer's side.
 pub struct Inbox {
-    pub rx: Receiver<Outgoing>,
+    line: Arc<Line>,
     credits: Receiver<()>,
     queued_bytes: Arc<AtomicUsize>,
     written: Arc<AtomicU64>,
@@ -59,19 +104,20 @@ pub struct Inbox {
 
 /// A new outbox for `socket` (a clone of the connection's stream, used only to shut it down).
 pub fn outbox(socket: TcpStream) -> (Outbox, Inbox) {
-    let (tx, rx) = unbounded();
+    let line = Arc::new(Line::default());
+    line.lock().senders = 1;
     let (credits, credits_rx) = bounded(CONTROL_CREDITS);
     let queued_bytes = Arc::new(AtomicUsize::new(0));
     let written = Arc::new(AtomicU64::new(0));
     let outbox = Outbox {
-        tx,
+        line: line.clone(),
         credits,
         queued_bytes: queued_bytes.clone(),
         written: written.clone(),
         socket: Arc::new(socket),
     };
     let inbox = Inbox {
-        rx,
+        line,
         credits: credits_rx,
         queued_bytes,
         written,
@@ -83,20 +129,18 @@ impl Outbox {
     /// Whether the router may queue another MESSAGE.
     pub fn has_room(&self) -> bool {
         let bytes = self.queued_bytes.load(Ordering::Relaxed);
-        self.tx.len() < MESSAGE_WINDOW && (bytes == 0 || bytes < BYTE_WINDOW)
+        self.line.lock().items.len() < MESSAGE_WINDOW && (bytes == 0 || bytes < BYTE_WINDOW)
     }
 
     /// Queue a delivery; false when the connection is gone.
     pub fn deliver(&self, delivery: Delivery) -> bool {
         let weight = delivery.message.body.len();
         self.queued_bytes.fetch_add(weight, Ordering::Relaxed);
-        match self.tx.try_send(Outgoing::Message(delivery)) {
-            Ok(()) => true,
-            Err(_) => {
-                self.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
-                false
-            }
+        if self.line.push(Outgoing::Message(delivery)) {
+            return true;
         }
+        self.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
+        false
     }
 
     /// Take a control credit, waiting while the client has too many unread replies.
@@ -112,7 +156,7 @@ impl Outbox {
 
     /// Queue a control frame for which a credit was reserved. False when the writer is gone.
     pub fn control(&self, frame: Frame) -> bool {
-        self.tx.send(Outgoing::Control(frame)).is_ok()
+        self.line.push(Outgoing::Control(frame))
     }
 
     /// How many MESSAGE frames reached the socket. Deliveries are written in the order they
@@ -123,7 +167,7 @@ impl Outbox {
 
     /// Ask the writer to flush and close after what is queued.
     pub fn close(&self) {
-        let _ = self.tx.try_send(Outgoing::Close);
+        self.line.push(Outgoing::Close);
     }
 
     /// Cut the connection at once (slow consumer, shutdown): both threads see their socket fail.
@@ -132,7 +176,70 @@ impl Outbox {
     }
 }
 
+impl Clone for Outbox {
+    fn clone(&self) -> Outbox {
+        self.line.lock().senders += 1;
+        Outbox {
+            line: self.line.clone(),
+            credits: self.credits.clone(),
+            queued_bytes: self.queued_bytes.clone(),
+            written: self.written.clone(),
+            socket: self.socket.clone(),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let mut state = self.line.lock();
+        state.senders -= 1;
+        let wake = state.senders == 0 && state.waiting;
+        drop(state);
+        if wake {
+            self.line.ready.notify_one();
+        }
+    }
+}
+
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox")
+            .field("queued_bytes", &self.queued_bytes)
+            .field("written", &self.written)
+            .finish()
+    }
+}
+
 impl Inbox {
+    /// The next item; `Disconnected` once every `Outbox` is gone and nothing is left.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Outgoing, RecvTimeoutError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.line.lock();
+        loop {
+            if let Some(item) = state.items.pop_front() {
+                return Ok(item);
+            }
+            if state.senders == 0 {
+                return Err(RecvTimeoutError::Disconnected);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RecvTimeoutError::Timeout);
+            }
+            state.waiting = true;
+            state = match self.line.ready.wait_timeout(state, deadline - now) {
+                Ok((state, _)) => state,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+            state.waiting = false;
+        }
+    }
+
+    /// Nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.line.lock().items.is_empty()
+    }
+
     /// The writer wrote a control frame: give its credit back.
     pub fn written_control(&self) {
         let _ = self.credits.try_recv();
@@ -142,5 +249,11 @@ impl Inbox {
     pub fn written_message(&self, body_len: usize) {
         self.queued_bytes.fetch_sub(body_len, Ordering::Relaxed);
         self.written.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.line.lock().closed = true;
     }
 }

@@ -214,9 +214,8 @@ fn single_sends_of_every_size_are_stored_exactly() {
     let url = db.create_database();
     let b = Broker::start(&url, &[]);
     let sizes = [5, 70_000, 0, 1, 300_000, 3, 1_048_576, 12];
-    let body = |i: usize, n: usize| -> Vec<u8> {
-        (0..n).map(|k| b'a' + ((i + k) % 26) as u8).collect()
-    };
+    let body =
+        |i: usize, n: usize| -> Vec<u8> { (0..n).map(|k| b'a' + ((i + k) % 26) as u8).collect() };
     let mut p = Client::connect(b.stomp_port());
     for (i, &n) in sizes.iter().enumerate() {
         p.send_with_receipt("/queue/sizes", body(i, n), &[]);
@@ -233,7 +232,10 @@ fn single_sends_of_every_size_are_stored_exactly() {
     c.subscribe("/queue/sizes", "s", "auto", &[]);
     for (i, &n) in sizes.iter().enumerate() {
         let m = c.recv(TIMEOUT);
-        assert!(m.body == body(i, n), "message {i} ({n} bytes) came back as {m:?}");
+        assert!(
+            m.body == body(i, n),
+            "message {i} ({n} bytes) came back as {m:?}"
+        );
     }
     assert!(c.try_recv(SHORT).is_none(), "extra message");
 }

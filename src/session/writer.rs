@@ -72,7 +72,7 @@ pub fn run(
     let mut buf = Vec::with_capacity(4096);
     let result = loop {
         let heartbeat = settings.heartbeat();
-        let item = match inbox.rx.recv_timeout(heartbeat.unwrap_or(IDLE_WAIT)) {
+        let item = match inbox.recv_timeout(heartbeat.unwrap_or(IDLE_WAIT)) {
             Ok(item) => item,
             Err(RecvTimeoutError::Timeout) => {
                 let beat = match heartbeat {
@@ -113,7 +113,7 @@ pub fn run(
         }
         let written = out.write_all(&buf);
         let flushed = match written {
-            Ok(()) if inbox.rx.is_empty() => out.flush(),
+            Ok(()) if inbox.is_empty() => out.flush(),
             other => other,
         };
         if let Err(e) = flushed {
