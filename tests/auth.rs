@@ -306,6 +306,19 @@ fn subscribe_needs_read_and_a_durable_subscription_admin() {
     app.send_with_receipt("/queue/orders.eu", "o1", &[]);
     assert_eq!(bodies(&mut app, 2), ["p1", "o1"]);
     assert_eq!(bodies(&mut ops, 1), ["p1"]);
+
+    // Removing the durable subscription needs admin on its topic too.
+    ops.disconnect();
+    let remove = [("id", "d"), ("activemq.subscriptionName", "prices")];
+    let mut app = login(port, "app", "app-pw", &[("client-id", "ops-1")]);
+    assert_refused(
+        &mut app,
+        "UNSUBSCRIBE",
+        &remove,
+        "permission denied: admin on /topic/eu.prices",
+    );
+    let mut ops = login(port, "ops", "ops-pw", &[("client-id", "ops-1")]);
+    ops.send_frame_with_receipt("UNSUBSCRIBE", &remove, b"");
 }
 
 #[test]

@@ -104,6 +104,14 @@ impl Router {
                 };
                 self.reply(conn, reply);
             }
+            RouterMsg::DurableTopic { conn, durable } => {
+                let topic = self
+                    .durable_names
+                    .get(&durable)
+                    .and_then(|id| self.durables.get(id))
+                    .map(|d| d.row.topic.clone());
+                self.reply(conn, Reply::Topic(topic));
+            }
             RouterMsg::Unsubscribe { conn, id, durable } => {
                 let reply = self.unsubscribe(conn, id, durable);
                 self.reply(conn, reply);

@@ -73,6 +73,12 @@ pub enum RouterMsg {
         id: String,
         durable: (String, String),
     },
+    /// The topic of a durable subscription (client-id, name), for the permission check of its
+    /// removal; answered with `Reply::Topic`.
+    DurableTopic {
+        conn: ConnId,
+        durable: (String, String),
+    },
     /// Remove subscription `id`; with `durable` also delete that durable subscription.
     Unsubscribe {
         conn: ConnId,
@@ -134,6 +140,8 @@ pub enum Reply {
     DurableRemoved(u64),
     /// The request was refused; the text goes into the ERROR frame.
     Refused(String),
+    /// The topic of the durable subscription asked about (None: there is none).
+    Topic(Option<String>),
 }
 
 /// Where an entry waits (and a delivered one returns when not acknowledged).

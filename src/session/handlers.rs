@@ -270,6 +270,21 @@ impl Session {
             }
             (None, _) => None,
         };
+        if let (Some(name), true) = (&durable, self.ctx.auth.enabled()) {
+            let ask = RouterMsg::DurableTopic {
+                conn: self.id,
+                durable: name.clone(),
+            };
+            match self.ask(ask) {
+                Some(Reply::Topic(Some(topic))) => {
+                    if let Some(denied) = self.deny(Operation::Admin, &topic, receipt) {
+                        return denied;
+                    }
+                }
+                Some(Reply::Topic(None)) => {}
+                _ => return Flow::Close,
+            }
+        }
         let msg = RouterMsg::Unsubscribe {
             conn: self.id,
             id,
@@ -320,7 +335,9 @@ impl Session {
             Some(Reply::Done) | Some(Reply::DurableRemoved(_)) if self.answer_wrote.get() => {
                 self.commit_to_store(Vec::new(), Vec::new(), receipt)
             }
-            Some(Reply::Done) | Some(Reply::DurableRemoved(_)) => self.receipt_now(receipt),
+            Some(Reply::Done) | Some(Reply::DurableRemoved(_)) | Some(Reply::Topic(_)) => {
+                self.receipt_now(receipt)
+            }
             Some(Reply::Refused(problem)) => self.refuse(&problem, receipt),
             None => Flow::Close,
         }
