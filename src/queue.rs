@@ -7,7 +7,7 @@
 //! front. The queue keeps count of the bytes its resident entries hold.
 
 use crate::message::Message;
-use std::collections::BTreeMap;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 /// What a paged-out entry keeps in memory.
@@ -16,8 +16,9 @@ pub struct PagedMeta {
     pub id: u64,
     pub priority: u8,
     pub expires: i64,
-    /// The message's `weight()` once loaded.
-    pub weight: usize,
+    /// The message's `weight()` once loaded (u32: bodies are bounded by `max_frame`, and a
+    /// deep backlog is mostly these entries).
+    pub weight: u32,
 }
 
 /// The message itself, or just its metadata while the body waits in the store.
@@ -74,7 +75,7 @@ impl Entry {
     pub fn weight(&self) -> usize {
         match &self.slot {
             Slot::Resident(m) => m.weight(),
-            Slot::Paged(p) => p.weight,
+            Slot::Paged(p) => p.weight as usize,
         }
     }
 
@@ -86,10 +87,18 @@ impl Entry {
     }
 }
 
-/// Pending entries keyed by (inverted priority, arrival).
+/// Priority levels: STOMP's 0 to 9 (higher first; above 9 counts as 9).
+const LEVELS: usize = 10;
+
+/// Pending entries: one deque per priority level, each in arrival order. Entries arrive in
+/// order and leave from the front, so this costs an entry's size and nothing per node (a deep
+/// backlog is mostly these entries); a put-back entry is inserted at its old place, near the
+/// front.
 #[derive(Default, Debug)]
 pub struct Queue {
-    pending: BTreeMap<(u8, u64), Entry>,
+    /// Index 0 holds priority 9, index 9 priority 0.
+    levels: [VecDeque<Entry>; LEVELS],
+    len: usize,
     /// Bytes held by resident entries.
     bytes: usize,
     /// Entries that have an expiry time, so sweeps skip queues without any.
@@ -99,8 +108,8 @@ pub struct Queue {
 }
 
 impl Queue {
-    fn key(entry: &Entry) -> (u8, u64) {
-        (9 - entry.priority().min(9), entry.seq)
+    fn level(entry: &Entry) -> usize {
+        LEVELS - 1 - usize::from(entry.priority().min(9))
     }
 
     pub fn push(&mut self, entry: Entry) {
@@ -111,10 +120,18 @@ impl Queue {
         if entry.message().is_none() {
             self.paged += 1;
         }
-        self.pending.insert(Self::key(&entry), entry);
+        self.len += 1;
+        let level = &mut self.levels[Self::level(&entry)];
+        if level.back().is_none_or(|last| last.seq < entry.seq) {
+            level.push_back(entry);
+        } else {
+            let at = level.partition_point(|e| e.seq < entry.seq);
+            level.insert(at, entry);
+        }
     }
 
     fn forget(&mut self, entry: &Entry) {
+        self.len -= 1;
         self.bytes -= entry.resident_bytes();
         if entry.is_expired(i64::MAX) {
             self.expiring -= 1;
@@ -134,12 +151,13 @@ impl Queue {
     pub fn paged_near_front(&self, window: usize, max_bytes: usize) -> Vec<PagedMeta> {
         let mut out = Vec::new();
         let mut bytes = 0;
-        for entry in self.pending.values().take(window) {
+        for entry in self.iter().take(window) {
             if let Slot::Paged(meta) = &entry.slot {
-                if !out.is_empty() && bytes + meta.weight > max_bytes {
+                let weight = meta.weight as usize;
+                if !out.is_empty() && bytes + weight > max_bytes {
                     break;
                 }
-                bytes += meta.weight;
+                bytes += weight;
                 out.push(*meta);
             }
         }
@@ -148,63 +166,72 @@ impl Queue {
 
     /// Give loaded messages to their paged entries; returns the bytes now resident. Entries
     /// whose message did not come back (removed meanwhile) are returned for the caller to drop.
+    /// The entries asked for were near the front: the search walks from there and stops once
+    /// it has seen them all.
     pub fn page_in(
         &mut self,
         loaded: &std::collections::HashMap<u64, Arc<Message>>,
         ids: &[u64],
     ) -> (usize, Vec<Entry>) {
+        let mut wanted: HashSet<u64> = ids.iter().copied().collect();
         let mut added = 0;
-        let mut missing = Vec::new();
-        let keys: Vec<(u8, u64)> = self
-            .pending
-            .iter()
-            .filter(|(_, e)| matches!(e.slot, Slot::Paged(p) if ids.contains(&p.id)))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in keys {
-            let Some(entry) = self.pending.get_mut(&key) else {
-                continue;
-            };
-            match loaded.get(&entry.id()) {
-                Some(message) => {
-                    entry.slot = Slot::Resident(message.clone());
-                    added += message.weight();
-                    self.paged -= 1;
+        let mut gone = Vec::new();
+        'levels: for (level, entries) in self.levels.iter_mut().enumerate() {
+            for (at, entry) in entries.iter_mut().enumerate() {
+                if wanted.is_empty() {
+                    break 'levels;
                 }
-                None => {
-                    if let Some(entry) = self.pending.remove(&key) {
-                        self.forget(&entry);
-                        missing.push(entry);
+                let Slot::Paged(meta) = &entry.slot else {
+                    continue;
+                };
+                if !wanted.remove(&meta.id) {
+                    continue;
+                }
+                match loaded.get(&meta.id) {
+                    Some(message) => {
+                        entry.slot = Slot::Resident(message.clone());
+                        added += message.weight();
+                        self.paged -= 1;
                     }
+                    None => gone.push((level, at)),
                 }
             }
         }
         self.bytes += added;
+        // Back to front, so the positions of those still to remove stay valid.
+        let mut missing = Vec::with_capacity(gone.len());
+        for (level, at) in gone.into_iter().rev() {
+            if let Some(entry) = self.levels[level].remove(at) {
+                self.forget(&entry);
+                missing.push(entry);
+            }
+        }
+        missing.reverse();
         (added, missing)
     }
 
     /// The next entry to deliver, without removing it.
     pub fn front(&self) -> Option<&Entry> {
-        self.pending.values().next()
+        self.levels.iter().find_map(VecDeque::front)
     }
 
     pub fn pop_front(&mut self) -> Option<Entry> {
-        let (_, entry) = self.pending.pop_first()?;
+        let entry = self.levels.iter_mut().find_map(VecDeque::pop_front)?;
         self.forget(&entry);
         Some(entry)
     }
 
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.len
     }
 
     /// Pending entries in delivery order.
     pub fn iter(&self) -> impl Iterator<Item = &Entry> {
-        self.pending.values()
+        self.levels.iter().flatten()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.len == 0
     }
 
     /// Bytes of the resident pending messages (bodies and headers).
@@ -217,28 +244,30 @@ impl Queue {
         if self.expiring == 0 {
             return Vec::new();
         }
-        let keys: Vec<(u8, u64)> = self
-            .pending
-            .iter()
-            .filter(|(_, e)| e.is_expired(now_ms))
-            .map(|(k, _)| *k)
-            .collect();
-        let mut expired = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Some(entry) = self.pending.remove(&key) {
-                self.forget(&entry);
-                expired.push(entry);
+        let mut expired = Vec::new();
+        for level in 0..LEVELS {
+            if !self.levels[level].iter().any(|e| e.is_expired(now_ms)) {
+                continue;
             }
+            let entries = std::mem::take(&mut self.levels[level]);
+            let (gone, kept): (VecDeque<Entry>, VecDeque<Entry>) =
+                entries.into_iter().partition(|e| e.is_expired(now_ms));
+            self.levels[level] = kept;
+            expired.extend(gone);
+        }
+        for entry in &expired {
+            self.forget(entry);
         }
         expired
     }
 
     /// Remove everything (used when a durable subscription is deleted).
     pub fn drain(&mut self) -> Vec<Entry> {
+        self.len = 0;
         self.bytes = 0;
         self.expiring = 0;
         self.paged = 0;
-        std::mem::take(&mut self.pending).into_values().collect()
+        self.levels.iter_mut().flat_map(std::mem::take).collect()
     }
 }
 
@@ -264,6 +293,16 @@ mod tests {
             redeliveries: 0,
             redelivered: false,
         }
+    }
+
+    #[test]
+    fn an_entry_stays_small() {
+        // A backlog of a million messages is a million of these.
+        assert!(
+            std::mem::size_of::<Entry>() <= 48,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ impl Router {
                 id: message.id,
                 priority: message.priority,
                 expires: message.expires,
-                weight,
+                weight: u32::try_from(weight).unwrap_or(u32::MAX),
             })
         } else {
             Slot::Resident(message)

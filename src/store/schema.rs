@@ -203,7 +203,7 @@ fn meta_from_row(row: &Row) -> Result<PagedMeta, StoreError> {
         id: column(row, 0)?,
         priority: column(row, 1)?,
         expires: column(row, 2)?,
-        weight: column::<u64>(row, 3)? as usize,
+        weight: u32::try_from(column::<u64>(row, 3)?).unwrap_or(u32::MAX),
     })
 }
 
