@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::probe::rss_kib;
 use common::{shared_mariadb, Broker, Client, TIMEOUT};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,17 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const MIB: usize = 1024 * 1024;
-
-/// Resident set size of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 #[test]
 fn a_client_that_stops_reading_is_cut_off_and_loses_nothing() {

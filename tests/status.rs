@@ -3,29 +3,9 @@
 
 mod common;
 
+use common::probe::http;
 use common::{free_port, shared_mariadb, Broker, Client, TIMEOUT};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
-
-/// (status code, body) of one HTTP request.
-fn http(port: u16, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the status listener");
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Length: "))
-        .expect("Content-Length")
-        .parse()
-        .unwrap();
-    assert_eq!(length, body.len(), "Content-Length");
-    (code, body.to_string())
-}
 
 /// Run `hamq COMMAND...` against the status listener on `port`.
 fn admin(port: u16, args: &[&str]) -> (bool, String) {
