@@ -21,6 +21,7 @@
 use hamq::codec::{encode, DecodeError, Decoded, Decoder, Frame, Limits, Version};
 use libfuzzer_sys::fuzz_target;
 
+/// The settings from the input's first 10 bytes (see the top of this file) and the stream.
 struct Input<'a> {
     limits: Limits,
     version: Version,
