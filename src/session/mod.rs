@@ -220,12 +220,19 @@ impl Session {
     /// close, and drain what the client still sends for a moment so it reads the ERROR.
     fn refuse(&mut self, problem: &str, receipt: Option<&str>) -> Flow {
         log::info!("connection {}: {problem}; closing it", self.id);
+        // Before CONNECTED no version is agreed and the writer does not escape (1.0 rules), but
+        // the client may read 1.1+ rules, where a lone backslash is an invalid escape that makes
+        // the whole ERROR unreadable. Doubled, it reads exactly under 1.1+ and visibly under 1.0.
+        let text = |s: &str| match self.version {
+            Some(_) => s.to_owned(),
+            None => s.replace('\\', "\\\\"),
+        };
         let mut frame = Frame::new("ERROR")
-            .with_header("message", problem)
+            .with_header("message", &text(problem))
             .with_header("content-type", "text/plain")
             .with_header("content-length", &problem.len().to_string());
         if let Some(receipt) = receipt {
-            frame = frame.with_header("receipt-id", receipt);
+            frame = frame.with_header("receipt-id", &text(receipt));
         }
         if self.reserve() {
             self.outbox
