@@ -239,3 +239,30 @@ fn single_sends_of_every_size_are_stored_exactly() {
     }
     assert!(c.try_recv(SHORT).is_none(), "extra message");
 }
+
+/// The store connection idles out after the lease unless it sees a transaction: a steady
+/// stream of non-persistent messages (nothing to write, but never an idle moment for the
+/// writer either) must not let it. After twice the lease of such traffic a persistent SEND
+/// is still receipted and the broker is still master.
+#[test]
+fn non_persistent_traffic_keeps_the_store_connection_alive() {
+    let url = shared_mariadb().create_database();
+    let b = Broker::start(&url, &[("HAMQ_LEASE", "2")]);
+    let mut p = Client::connect(b.stomp_port());
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    let mut sent = 0;
+    while std::time::Instant::now() < until {
+        p.send_frame(
+            "SEND",
+            &[("destination", "/topic/chatter"), ("persistent", "false")],
+            b"x",
+        );
+        sent += 1;
+    }
+    assert!(sent > 100, "only {sent} messages sent");
+    p.send_with_receipt("/queue/after-chatter", "kept", &[]);
+    let mut c = Client::connect(b.stomp_port());
+    c.subscribe("/queue/after-chatter", "s", "auto", &[]);
+    assert_eq!(c.recv(TIMEOUT).text(), "kept");
+    assert_eq!(b.count_log("lost the lock"), 0);
+}

@@ -124,6 +124,7 @@ pub fn spawn_writer(
         flow,
         last_batch: 1,
         last_commit: Duration::ZERO,
+        last_transaction: Instant::now(),
     };
     let thread = std::thread::Builder::new()
         .name("store-writer".to_string())
@@ -143,9 +144,11 @@ struct Writer {
     stats: Arc<WriterStats>,
     /// Gets back the body bytes of each batch's SENDs once it is done (see `flow_control`).
     flow: Arc<FlowControl>,
-    /// Operations in the last batch that reached the database, and how long it took.
+    /// Operations in the last batch that reached the database, how long it took, and when it
+    /// ended.
     last_batch: usize,
     last_commit: Duration,
+    last_transaction: Instant,
 }
 
 /// What one applied operation leaves to do after the commit.
@@ -171,10 +174,18 @@ impl Writer {
         on_failure: Box<dyn FnOnce(StoreError) + Send>,
     ) {
         loop {
-            let batch = match rx.recv_timeout(self.fence.keepalive) {
-                Ok(first) => self.gather(first, &rx),
-                Err(RecvTimeoutError::Timeout) => Vec::new(),
-                Err(RecvTimeoutError::Disconnected) => return,
+            // The connection must see a transaction at least every `keepalive`, also while a
+            // stream of batches with nothing to write (non-persistent messages) keeps this
+            // loop busy: the server drops a connection idle for the lease.
+            let idle = self.last_transaction.elapsed();
+            let batch = if idle >= self.fence.keepalive {
+                Vec::new()
+            } else {
+                match rx.recv_timeout(self.fence.keepalive - idle) {
+                    Ok(first) => self.gather(first, &rx),
+                    Err(RecvTimeoutError::Timeout) => Vec::new(),
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
             };
             let bytes = send_bytes(&batch);
             let result = self.commit_batch(batch);
@@ -285,6 +296,7 @@ impl Writer {
             .fetch_add(out.rows_written, Ordering::Relaxed);
         self.last_batch = operations as usize;
         self.last_commit = started.elapsed();
+        self.last_transaction = Instant::now();
         let micros = self.last_commit.as_micros().try_into().unwrap_or(u64::MAX);
         stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
         Ok(())
