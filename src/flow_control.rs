@@ -2,7 +2,8 @@
 //! whose store falls behind, or whose queue is full, slows its producers down instead of
 //! growing its memory.
 //!
-//! - The store backlog: bytes of SEND bodies handed to the store writer and not yet committed.
+//! - The store backlog: the weight (bodies, headers, per-message overhead) of SENDs handed to
+//!   the store writer and not yet committed.
 //!   Session readers take budget before handing a SEND over (`admit`) and wait while it is
 //!   spent; the store writer gives it back after each batch (`committed`). One message larger
 //!   than the whole budget still passes when nothing else is pending, so nothing waits for ever.
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// Bytes of SEND bodies that may wait for the store writer (a few batches' worth).
+/// Weight (bodies, headers and per-message overhead) of SENDs that may wait for the store writer (a few batches' worth).
 pub const STORE_BACKLOG_BYTES: usize = 16 * 1024 * 1024;
 /// How long one wait lasts before shutdown is checked again.
 const TICK: Duration = Duration::from_millis(100);

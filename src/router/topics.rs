@@ -4,20 +4,19 @@
 //! Policy: a subscriber `BACKLOG_HOLD` messages behind holds the topic's producers (flow
 //! control, as for a full queue) until every subscriber of the topic is back under half of it;
 //! one that stops reading altogether is cut off by its writer's `slow_consumer_ms` timeout,
-//! which frees the topic again. A subscriber whose backlog still passes `BACKLOG_MESSAGES`
-//! messages or `BACKLOG_BYTES` bytes (producers already past the gate) is disconnected rather
-//! than letting the broker buffer for it without bound.
+//! which frees the topic again. Messages already past the gate when the hold begins (up to the
+//! store backlog budget of small messages) still arrive; a subscriber whose backlog passes
+//! `BACKLOG_BYTES` of message weight (bodies, headers and per-message overhead) is
+//! disconnected rather than letting the broker buffer for it without bound.
 
 use super::{Router, Source};
 use crate::message::Message;
 use crate::queue::{Entry, Slot};
 use std::sync::Arc;
 
-/// Messages one topic subscriber may have waiting.
-const BACKLOG_MESSAGES: usize = 10_000;
 /// A subscriber this far behind holds the topic's producers.
 pub(super) const BACKLOG_HOLD: usize = 1_000;
-/// Bytes one topic subscriber may have waiting.
+/// Weight (see `Message::weight`) one topic subscriber may have waiting.
 const BACKLOG_BYTES: usize = 64 * 1024 * 1024;
 
 impl Router {
@@ -26,9 +25,9 @@ impl Router {
         let Some(sub) = self.subs.get_mut(&key) else {
             return;
         };
-        sub.backlog_bytes += message.body.len();
+        sub.backlog_bytes += message.weight();
         sub.backlog.push_back(message);
-        if sub.backlog.len() > BACKLOG_MESSAGES || sub.backlog_bytes > BACKLOG_BYTES {
+        if sub.backlog_bytes > BACKLOG_BYTES {
             log::warn!(
                 "slow consumer: subscription {} fell {} messages behind; closing its connection",
                 sub.id,
@@ -71,7 +70,7 @@ impl Router {
             let Some(message) = sub.backlog.pop_front() else {
                 return;
             };
-            sub.backlog_bytes -= message.body.len();
+            sub.backlog_bytes -= message.weight();
             let entry = Entry {
                 slot: Slot::Resident(message),
                 seq: self.seq(),

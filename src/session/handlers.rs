@@ -158,13 +158,13 @@ impl Session {
         let flow = &self.ctx.flow;
         let mut taken = 0;
         for m in &sends {
-            if !flow.admit(&m.destination, m.body.len(), || {
+            if !flow.admit(&m.destination, m.weight(), || {
                 self.ctx.shutdown.is_stopping()
             }) {
                 flow.committed(taken);
                 return Flow::Close;
             }
-            taken += m.body.len();
+            taken += m.weight();
         }
         let op = StoreOp::Commit {
             sends,

@@ -141,7 +141,7 @@ pub fn metrics(shared: &Shared, role: &RoleInfo, stats: &Stats) -> String {
         (
             "hamq_store_backlog_bytes",
             "gauge",
-            "SEND body bytes waiting for the store writer",
+            "weight of SENDs (bodies, headers, overhead) waiting for the store writer",
             shared.flow.pending() as u64,
         ),
     ];

@@ -142,7 +142,7 @@ struct Writer {
     /// Counter for the ids of messages that are not stored.
     next_transient: u64,
     stats: Arc<WriterStats>,
-    /// Gets back the body bytes of each batch's SENDs once it is done (see `flow_control`).
+    /// Gets back the weight (see `Message::weight`) of each batch's SENDs once it is done (see `flow_control`).
     flow: Arc<FlowControl>,
     /// Operations in the last batch that reached the database, how long it took, and when it
     /// ended.
@@ -433,11 +433,11 @@ fn fail_remaining(rx: &crossbeam_channel::Receiver<StoreOp>, flow: &FlowControl)
     }
 }
 
-/// Body bytes of the SENDs in `ops`: what their senders took from the flow-control budget.
+/// Weight of the SENDs in `ops` (bodies, headers, overhead): what their senders took from the flow-control budget.
 fn send_bytes(ops: &[StoreOp]) -> usize {
     ops.iter()
         .map(|op| match op {
-            StoreOp::Commit { sends, .. } => sends.iter().map(|m| m.body.len()).sum(),
+            StoreOp::Commit { sends, .. } => sends.iter().map(|m| m.weight()).sum(),
             _ => 0,
         })
         .sum()
