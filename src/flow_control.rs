@@ -3,10 +3,11 @@
 //! growing its memory.
 //!
 //! - The store backlog: the weight (bodies, headers, per-message overhead) of SENDs handed to
-//!   the store writer and not yet committed.
-//!   Session readers take budget before handing a SEND over (`admit`) and wait while it is
-//!   spent; the store writer gives it back after each batch (`committed`). One message larger
-//!   than the whole budget still passes when nothing else is pending, so nothing waits for ever.
+//!   the store writer and not yet routed. Session readers take budget before handing a SEND
+//!   over (`admit`) and wait while it is spent; the router gives it back once it has routed
+//!   the batch (the store writer, for a batch that failed), so the budget bounds the writer's
+//!   queue and the router's inbox together. One message larger than the whole budget still
+//!   passes when nothing else is pending, so nothing waits for ever.
 //! - Full queues: the router marks a queue full when it holds `max_queue_depth` waiting
 //!   messages and clears the mark when it drops below; a SEND to a full queue waits.
 //!

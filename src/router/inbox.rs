@@ -136,6 +136,7 @@ impl Router {
             RouterMsg::Disconnected { conn } => self.disconnected(conn),
             RouterMsg::Committed(Committed::Messages(messages)) => self.route(messages),
             RouterMsg::Committed(Committed::Durable(row)) => self.add_durable(row),
+            RouterMsg::Committed(Committed::Admitted(weight)) => self.flow.committed(weight),
             RouterMsg::PagedIn(paged) => self.paged_in(paged),
             RouterMsg::Stats(reply) => {
                 let _ = reply.try_send(self.stats());

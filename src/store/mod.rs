@@ -68,6 +68,9 @@ pub enum StoreOp {
 pub enum Committed {
     Messages(Vec<Arc<Message>>),
     Durable(DurableRow),
+    /// The flow-control weight of a batch's SENDs, after its messages: the router gives it back
+    /// (`FlowControl::committed`) once it has routed them.
+    Admitted(usize),
 }
 
 /// A durable topic subscription as stored.

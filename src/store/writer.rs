@@ -142,7 +142,8 @@ struct Writer {
     /// Counter for the ids of messages that are not stored.
     next_transient: u64,
     stats: Arc<WriterStats>,
-    /// Gets back the weight (see `Message::weight`) of each batch's SENDs once it is done (see `flow_control`).
+    /// Gives back the flow-control weight of a failed batch's SENDs; for committed ones the
+    /// router does, once it routed them (`Committed::Admitted`).
     flow: Arc<FlowControl>,
     /// Operations in the last batch that reached the database, how long it took, and when it
     /// ended.
@@ -187,19 +188,23 @@ impl Writer {
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             };
-            let bytes = send_bytes(&batch);
-            let result = self.commit_batch(batch);
-            self.flow.committed(bytes);
-            match result {
+            let weight = send_weight(&batch);
+            match self.commit_batch(batch) {
                 Ok(outcome) => {
                     for committed in outcome.committed {
                         forward(committed);
+                    }
+                    // The router gives the SENDs' weight back once it routed them, so the
+                    // budget bounds its inbox too, not only this writer's queue.
+                    if weight > 0 && !forward(Committed::Admitted(weight)) {
+                        self.flow.committed(weight);
                     }
                     for done in outcome.dones {
                         done(Ok(()));
                     }
                 }
                 Err((error, dones)) => {
+                    self.flow.committed(weight);
                     log::error!("store write failed: {error}");
                     for done in dones {
                         done(Err(error.clone()));
@@ -424,7 +429,7 @@ fn give_up(tx: Transaction<'_>, error: &StoreError) {
 /// After a failure, keep answering senders until they are all gone, so no one waits for ever.
 fn fail_remaining(rx: &crossbeam_channel::Receiver<StoreOp>, flow: &FlowControl) {
     for op in rx.iter() {
-        flow.committed(send_bytes(std::slice::from_ref(&op)));
+        flow.committed(send_weight(std::slice::from_ref(&op)));
         let mut out = Outcome::default();
         collect_done(op, &mut out);
         for done in out.dones {
@@ -433,8 +438,9 @@ fn fail_remaining(rx: &crossbeam_channel::Receiver<StoreOp>, flow: &FlowControl)
     }
 }
 
-/// Weight of the SENDs in `ops` (bodies, headers, overhead): what their senders took from the flow-control budget.
-fn send_bytes(ops: &[StoreOp]) -> usize {
+/// Weight of the SENDs in `ops` (bodies, headers, overhead): what their senders took from the
+/// flow-control budget.
+fn send_weight(ops: &[StoreOp]) -> usize {
     ops.iter()
         .map(|op| match op {
             StoreOp::Commit { sends, .. } => sends.iter().map(|m| m.weight()).sum(),
