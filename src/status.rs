@@ -270,12 +270,19 @@ fn destination_param(query: &str) -> Result<String, Response> {
         .ok_or_else(|| Response::text(400, "give ?destination=/queue/NAME\n".to_string()))
 }
 
-/// The queue an admin request on the master names.
-fn admin_queue(role: &crate::election::RoleInfo, query: &str) -> Result<String, Response> {
+/// The queue an admin request on the master names, if `user` may do `operation` on it.
+fn admin_queue(
+    shared: &Shared,
+    role: &crate::election::RoleInfo,
+    query: &str,
+    (user, operation): (Option<&str>, Operation),
+) -> Result<String, Response> {
     if !role.master {
         return Err(not_master(role));
     }
-    destination_param(query)
+    let destination = destination_param(query)?;
+    permitted(shared, user, operation, &destination)?;
+    Ok(destination)
 }
 
 fn browse(
@@ -284,9 +291,7 @@ fn browse(
     query: &str,
     user: Option<&str>,
 ) -> Response {
-    let destination = match admin_queue(role, query)
-        .and_then(|d| permitted(shared, user, Operation::Read, &d).map(|()| d))
-    {
+    let destination = match admin_queue(shared, role, query, (user, Operation::Read)) {
         Ok(d) => d,
         Err(r) => return r,
     };
@@ -307,9 +312,7 @@ fn purge(
     query: &str,
     user: Option<&str>,
 ) -> Response {
-    let destination = match admin_queue(role, query)
-        .and_then(|d| permitted(shared, user, Operation::Admin, &d).map(|()| d))
-    {
+    let destination = match admin_queue(shared, role, query, (user, Operation::Admin)) {
         Ok(d) => d,
         Err(r) => return r,
     };
