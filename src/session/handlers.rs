@@ -3,7 +3,7 @@
 use super::{receipt_frame, Flow, Session};
 use crate::auth::permit::Operation;
 use crate::auth::Login;
-use crate::codec::Frame;
+use crate::codec::{encode, Frame, Version};
 use crate::command::{self, Command, Connect, Send, Subscribe};
 use crate::message::{now_ms, Message};
 use crate::outbox::Outbox;
@@ -148,7 +148,8 @@ impl Session {
                 if !self.reserve() {
                     return Flow::Close;
                 }
-                Some(receipt_done(self.outbox.clone(), id.to_string()))
+                let version = self.version.unwrap_or(Version::V1_2);
+                Some(receipt_done(self.outbox.clone(), id.to_string(), version))
             }
             None => None,
         };
@@ -397,10 +398,12 @@ impl Session {
 }
 
 /// After commit: RECEIPT; after a failed commit: ERROR and close (the credit was reserved).
-fn receipt_done(outbox: Outbox, id: String) -> Done {
+fn receipt_done(outbox: Outbox, id: String, version: Version) -> Done {
     Box::new(move |result: Result<(), StoreError>| match result {
         Ok(()) => {
-            outbox.control(receipt_frame(&id));
+            let mut frame = Vec::with_capacity(32 + id.len());
+            encode(&receipt_frame(&id), version, &mut frame);
+            outbox.receipt(frame);
         }
         Err(e) => {
             let problem = format!("not stored: {e}");

@@ -132,7 +132,8 @@ fn start_writer(
     stream: &Transport,
     slow_consumer: Duration,
 ) -> std::io::Result<(Arc<WriterSettings>, Outbox, JoinHandle<()>)> {
-    let (outbox, inbox) = outbox(stream.socket().try_clone()?);
+    let direct = matches!(stream, Transport::Plain(_));
+    let (outbox, inbox) = outbox(stream.socket().try_clone()?, direct);
     let settings = Arc::new(WriterSettings::default());
     let write_half = stream.try_clone()?;
     let thread_settings = settings.clone();

@@ -92,6 +92,10 @@ pub fn run(
                 encode(&frame, settings.version(), &mut buf);
                 inbox.written_control();
             }
+            Outgoing::Encoded(bytes) => {
+                buf.extend_from_slice(&bytes);
+                inbox.written_control();
+            }
             Outgoing::Message(delivery) => {
                 delivery.encode_head(settings.version(), &mut buf);
                 let body = &delivery.message.body;
