@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! Arrows point one way: `server` -> (`election`, `session`) -> (`router`, `store`) -> `queue` ->
-//! `message`; `server` and `session` -> `transport`;
+//! `message`; `server` and `session` -> `transport`; `server` -> `memory`;
 //! `codec` knows nothing but bytes.
 //!
 //! - `admin`: the `hamq status|queues|browse|purge` commands: a client of the status listener;
@@ -12,6 +12,7 @@
 //! - `config`: the `key = value` file, `HAMQ_<KEY>` overrides, validation with key and line.
 //! - `codec`: STOMP frames: incremental decoder with limits, encoder, header escaping.
 //! - `command`: a decoded frame turned into a typed client command, or a protocol error.
+//! - `memory`: glibc's arenas capped at start, freed heap returned by the `memory-trim` thread.
 //! - `message`: a message as the broker holds it, destinations, ids and the MESSAGE frame.
 //! - `queue`: one destination's pending messages in priority/arrival order.
 //! - `router`: the single routing thread: destinations, subscriptions, in-flight deliveries.
@@ -35,6 +36,7 @@ pub mod command;
 pub mod config;
 pub mod election;
 pub mod flow_control;
+pub mod memory;
 pub mod message;
 pub mod outbox;
 pub mod queue;

@@ -14,6 +14,7 @@ const USAGE: &str =
        ";
 
 fn main() -> ExitCode {
+    hamq::memory::limit_arenas();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let (path, command) = match parse_args(std::env::args().skip(1).collect()) {
         Ok(parsed) => parsed,

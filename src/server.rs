@@ -11,6 +11,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::election::{self, Election, Role, RoleInfo};
 use crate::flow_control::{FlowControl, STORE_BACKLOG_BYTES};
+use crate::memory;
 use crate::message::now_ms;
 use crate::router::{Limits, Router, RouterMsg, INBOX_DEPTH};
 use crate::session::{self, Context};
@@ -148,12 +149,13 @@ fn serve(
     Ok(())
 }
 
-/// The master's threads behind the sessions: store writer, pager, router.
+/// The master's threads behind the sessions: store writer, pager, router, memory trimmer.
 struct Pipeline {
     router: Sender<RouterMsg>,
     router_thread: JoinHandle<()>,
     pager_thread: JoinHandle<()>,
     writer: store::WriterHandle,
+    trimmer: memory::Trimmer,
 }
 
 impl Pipeline {
@@ -201,11 +203,14 @@ impl Pipeline {
         let router_thread = Router::new(writer.ops.clone(), pages, limits, flow, recovered)
             .spawn(router_rx)
             .map_err(|e| format!("could not start the router: {e}"))?;
+        let trimmer = memory::spawn_trimmer()
+            .map_err(|e| format!("could not start the memory trimmer: {e}"))?;
         Ok(Pipeline {
             router,
             router_thread,
             pager_thread,
             writer,
+            trimmer,
         })
     }
 
@@ -217,6 +222,7 @@ impl Pipeline {
         let _ = self.pager_thread.join();
         drop(self.writer.ops);
         let _ = self.writer.thread.join();
+        self.trimmer.stop();
     }
 }
 
