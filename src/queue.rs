@@ -221,6 +221,12 @@ impl Queue {
         Some(entry)
     }
 
+    /// Room for `additional` more entries of `priority` (a recovered backlog, counted first,
+    /// so the queue never holds twice its size while it grows).
+    pub fn reserve(&mut self, priority: u8, additional: usize) {
+        self.levels[LEVELS - 1 - usize::from(priority.min(9))].reserve_exact(additional);
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

@@ -22,7 +22,7 @@ use crate::transport::{self, Transport};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use mysql::Conn;
 use rustls::ServerConfig;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{Shutdown as Both, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -116,7 +116,8 @@ fn serve(
     });
     store::prepare(&mut conn).map_err(|e| e.to_string())?;
     let recovered = store::recover(&mut conn).map_err(|e| e.to_string())?;
-    let count = recovered.queued.len() + recovered.entries.len();
+    let queued: usize = recovered.queued.iter().map(Vec::len).sum();
+    let count = queued + recovered.entries.len();
     // Recovery holds metadata only; bodies are paged in as consumers reach them.
     log::info!(
         "recovered {count} messages in {} destinations",
@@ -254,9 +255,12 @@ fn store_conn(config: &Config) -> Result<Conn, StoreError> {
 }
 
 fn count_destinations(recovered: &store::Recovered) -> usize {
-    let mut names: Vec<&str> = recovered.queued.iter().map(|(d, _, _)| &**d).collect();
-    names.sort_unstable();
-    names.dedup();
+    let names: HashSet<&str> = recovered
+        .queued
+        .iter()
+        .flatten()
+        .map(|(d, _, _)| &**d)
+        .collect();
     names.len() + recovered.durables.len()
 }
 

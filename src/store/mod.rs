@@ -85,14 +85,19 @@ pub struct DurableRow {
 /// What the store holds, as metadata (bodies are paged in later), in the order it was sent.
 #[derive(Debug)]
 pub struct Recovered {
-    /// (queue, message, redeliveries), ordered by message id.
-    pub queued: Vec<(Arc<str>, PagedMeta, u32)>,
+    /// (queue, message, redeliveries), ordered by message id, in chunks of at most
+    /// `RECOVERY_CHUNK`: the router frees each chunk once it has queued it, so a deep backlog
+    /// is not held twice (as rows and as queue entries) at the peak of a takeover.
+    pub queued: Vec<Vec<(Arc<str>, PagedMeta, u32)>>,
     pub durables: Vec<DurableRow>,
     /// (durable id, message, redeliveries), ordered by message id.
     pub entries: Vec<(u64, PagedMeta, u32)>,
     /// The first message id the writer hands out (see `schema::next_message_id`).
     pub next_id: u64,
 }
+
+/// Rows per chunk of `Recovered::queued`.
+pub const RECOVERY_CHUNK: usize = 65_536;
 
 /// Errors at the store boundary.
 #[derive(Clone, Debug)]

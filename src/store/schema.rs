@@ -2,7 +2,7 @@
 //!
 //! Runs on the server thread before clients are served, on the connection `server` opened.
 
-use super::{column, decode_headers, DurableRow, Recovered, StoreError};
+use super::{column, decode_headers, DurableRow, Recovered, StoreError, RECOVERY_CHUNK};
 use crate::message::Message;
 use crate::queue::PagedMeta;
 use mysql::prelude::Queryable;
@@ -126,20 +126,30 @@ pub(super) fn recover(conn: &mut Conn) -> Result<Recovered, StoreError> {
         "SELECT {META_COLUMNS}, m.redeliveries, m.destination FROM hamq_messages m
          WHERE m.destination LIKE '/queue/%' ORDER BY m.id"
     );
-    let mut queued = Vec::new();
+    let mut queued: Vec<Vec<_>> = Vec::new();
+    let mut count = 0;
     // One Arc per destination name however many messages it has.
     let mut names: HashMap<String, Arc<str>> = HashMap::new();
     for row in conn.query_iter(query)? {
         let row = row?;
-        if queued.len() % PROGRESS_EVERY == PROGRESS_EVERY - 1 {
-            log::info!("recovering: {} queued messages so far", queued.len() + 1);
+        count += 1;
+        if count % PROGRESS_EVERY == 0 {
+            log::info!("recovering: {count} queued messages so far");
         }
         let name: String = column(&row, 5)?;
         let name = names
             .entry(name)
             .or_insert_with_key(|n| Arc::from(n.as_str()))
             .clone();
-        queued.push((name, meta_from_row(&row)?, column::<u32>(&row, 4)?));
+        let item = (name, meta_from_row(&row)?, column::<u32>(&row, 4)?);
+        match queued.last_mut() {
+            Some(chunk) if chunk.len() < RECOVERY_CHUNK => chunk.push(item),
+            _ => {
+                let mut chunk = Vec::with_capacity(RECOVERY_CHUNK);
+                chunk.push(item);
+                queued.push(chunk);
+            }
+        }
     }
     let rows: Vec<Row> =
         conn.query("SELECT id, client_id, name, topic FROM hamq_durable_subs ORDER BY id")?;
