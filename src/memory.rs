@@ -52,6 +52,8 @@ pub fn spawn_trimmer() -> std::io::Result<Trimmer> {
     let thread = std::thread::Builder::new()
         .name("memory-trim".to_string())
         .spawn(move || {
+            // At once too: the master starts after a recovery, whose rows are freed by now.
+            trim();
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(TRIM_PERIOD) {
                 trim();
             }
