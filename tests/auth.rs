@@ -5,10 +5,8 @@
 
 mod common;
 
-use base64::Engine;
+use common::probe::http_as;
 use common::{free_port, hamq_hash, hash_password, shared_mariadb, Broker, Client, Frame, TIMEOUT};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -56,28 +54,6 @@ fn assert_refused(client: &mut Client, command: &str, headers: &[(&str, &str)], 
         client.recv_eof(TIMEOUT),
         "connection not closed after {message}"
     );
-}
-
-/// (status code, headers, body) of one HTTP request, with Basic credentials when given.
-fn http(port: u16, method: &str, path: &str, user: Option<(&str, &str)>) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the status listener");
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let authorization = user
-        .map(|(u, p)| {
-            let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
-            format!("Authorization: Basic {token}\r\n")
-        })
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{authorization}\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, head.to_string(), body.to_string())
 }
 
 /// `hamq COMMAND...` against the status listener on `port`, with `env` added.
@@ -266,7 +242,7 @@ fn send_needs_write_even_inside_a_transaction() {
     ops.subscribe_with_receipt("/queue/orders.eu.north", "1", "auto", &[]);
     assert_eq!(bodies(&mut ops, 1), ["allowed"]);
     // Nothing of the refused frames (nor of the open transaction they ended) was stored.
-    let (code, _, status) = http(status_port, "GET", "/status", None);
+    let (code, _, status) = http_as(status_port, "GET", "/status", None);
     assert_eq!(code, 200);
     for name in ["/queue/orders\"", "/queue/secret", "/queue/orders.eu\""] {
         assert!(!status.contains(name), "{name} in {status}");
@@ -333,10 +309,10 @@ fn admin_endpoints_need_credentials_and_permission() {
     app.send_with_receipt("/queue/orders.eu", "1", &[]);
     app.send_with_receipt("/queue/orders.eu", "2", &[]);
     for path in ["/status", "/health", "/metrics"] {
-        assert_eq!(http(status_port, "GET", path, None).0, 200, "{path}");
+        assert_eq!(http_as(status_port, "GET", path, None).0, 200, "{path}");
     }
     let queues = "/admin/queues";
-    let (code, head, body) = http(status_port, "GET", queues, None);
+    let (code, head, body) = http_as(status_port, "GET", queues, None);
     assert_eq!(code, 401);
     assert!(
         head.contains("\r\nWWW-Authenticate: Basic realm=\"hamq\""),
@@ -346,26 +322,26 @@ fn admin_endpoints_need_credentials_and_permission() {
         body,
         "authentication required: HTTP Basic credentials of a user in `users`\n"
     );
-    let (code, _, body) = http(status_port, "GET", queues, Some(("app", "ops-pw")));
+    let (code, _, body) = http_as(status_port, "GET", queues, Some(("app", "ops-pw")));
     assert_eq!((code, body.as_str()), (401, "authentication failed\n"));
     let app_user = Some(("app", "app-pw"));
-    let (code, _, body) = http(status_port, "GET", queues, app_user);
+    let (code, _, body) = http_as(status_port, "GET", queues, app_user);
     assert_eq!(code, 200, "{body}");
     let browse = "/admin/browse?destination=/queue/orders.eu";
-    let (code, _, body) = http(status_port, "GET", browse, app_user);
+    let (code, _, body) = http_as(status_port, "GET", browse, app_user);
     assert_eq!(code, 200, "{body}");
     assert!(
         body.starts_with("/queue/orders.eu: first 2 waiting messages"),
         "{body}"
     );
     let secret = "/admin/browse?destination=/queue/secret";
-    let (code, _, body) = http(status_port, "GET", secret, app_user);
+    let (code, _, body) = http_as(status_port, "GET", secret, app_user);
     assert_eq!(
         (code, body.as_str()),
         (403, "permission denied: read on /queue/secret\n")
     );
     let purge = "/admin/purge?destination=/queue/orders.eu";
-    let (code, _, body) = http(status_port, "POST", purge, app_user);
+    let (code, _, body) = http_as(status_port, "POST", purge, app_user);
     assert_eq!(
         (code, body.as_str()),
         (403, "permission denied: admin on /queue/orders.eu\n")
@@ -393,7 +369,7 @@ fn admin_endpoints_need_credentials_and_permission() {
     let (ok, text) = admin(status_port, &args, &ops);
     assert!(ok, "{text}");
     assert_eq!(text, "purged 2 messages from /queue/orders.eu\n");
-    let (code, _, body) = http(status_port, "GET", browse, app_user);
+    let (code, _, body) = http_as(status_port, "GET", browse, app_user);
     assert_eq!(code, 200);
     assert!(
         body.starts_with("/queue/orders.eu: first 0 waiting messages"),

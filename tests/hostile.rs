@@ -20,6 +20,7 @@
 
 mod common;
 
+use common::probe::{http, rss_kib};
 use common::{shared_mariadb, Broker, Client, TIMEOUT};
 use mysql::prelude::Queryable;
 use std::collections::{HashMap, HashSet};
@@ -514,30 +515,9 @@ fn normal_client_round_trip(port: u16, queue: &str) {
     c.disconnect();
 }
 
-/// (status code, body) of one HTTP GET to the status listener.
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the status listener");
-    s.set_read_timeout(Some(TIMEOUT)).expect("read timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write the request");
-    let mut response = String::new();
-    s.read_to_string(&mut response).expect("read the response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok());
-    (code.expect("a status code"), body.to_string())
-}
-
-/// VmRSS of `pid` in KiB; `None` once the process is gone.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// (destination, enqueued) per row of `GET /admin/queues`.
 fn enqueued_per_queue(status_port: u16) -> Vec<(String, u64)> {
-    let (code, table) = http_get(status_port, "/admin/queues");
+    let (code, table) = http(status_port, "GET", "/admin/queues");
     assert_eq!(code, 200, "{table}");
     table
         .lines()
@@ -554,7 +534,7 @@ fn enqueued_per_queue(status_port: u16) -> Vec<(String, u64)> {
 fn wait_for_no_connections(status_port: u16) {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let (_, json) = http_get(status_port, "/status");
+        let (_, json) = http(status_port, "GET", "/status");
         if json.contains("\"connections\":0") {
             return;
         }
@@ -588,13 +568,16 @@ fn hostile_frames_leave_the_broker_healthy_bounded_and_correct() {
     let (port, pid) = (broker.stomp_port(), broker.pid());
 
     let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(rss_kib(pid).expect("the broker's VmRSS")));
+    let peak = Arc::new(AtomicU64::new(rss_kib(pid)));
     println!("broker RSS at start: {} KiB", peak.load(Ordering::Relaxed));
     let sampler = {
         let (stop, peak) = (stop.clone(), peak.clone());
         thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let Some(rss) = rss_kib(pid) else { return };
+                let rss = rss_kib(pid);
+                if rss == 0 {
+                    return;
+                }
                 peak.fetch_max(rss, Ordering::Relaxed);
                 thread::sleep(Duration::from_millis(10));
             }
@@ -640,7 +623,7 @@ fn hostile_frames_leave_the_broker_healthy_bounded_and_correct() {
         "the broker died"
     );
     assert_eq!(
-        http_get(status_port, "/health"),
+        http(status_port, "GET", "/health"),
         (200, "master\n".to_string())
     );
     assert_eq!(broker.count_log("panicked"), 0, "a broker thread panicked");

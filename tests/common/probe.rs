@@ -2,14 +2,36 @@
 //! /metrics, and its resident memory from /proc.
 
 use super::TIMEOUT;
+use base64::Engine;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
 /// (status code, body) of one HTTP request to the status listener on `port`.
 pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    let (code, _, body) = http_as(port, method, path, None);
+    (code, body)
+}
+
+/// (status code, head, body) of one HTTP request, with Basic credentials when given.
+pub fn http_as(
+    port: u16,
+    method: &str,
+    path: &str,
+    user: Option<(&str, &str)>,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the status listener");
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let authorization = user
+        .map(|(u, p)| {
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+            format!("Authorization: Basic {token}\r\n")
+        })
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{authorization}\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     s.read_to_string(&mut response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
@@ -21,7 +43,7 @@ pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
         .parse()
         .unwrap();
     assert_eq!(length, body.len(), "Content-Length");
-    (code, body.to_string())
+    (code, head.to_string(), body.to_string())
 }
 
 /// The value of the unlabelled series `name` in /metrics of the status listener on `port`.
