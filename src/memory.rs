@@ -8,8 +8,7 @@
 //! - `limit_arenas`, called by `main` before any thread starts, caps the arenas at `ARENAS`;
 //! - `spawn_trimmer` starts the `memory-trim` thread, which calls `malloc_trim` every
 //!   `TRIM_PERIOD` while the broker runs: it returns the free pages inside the arenas, not only
-//!   at their tops. It holds one arena's lock at a time, for about a millisecond per 100 MiB
-//!   of free heap.
+//!   at their tops. It holds one arena's lock at a time.
 //!
 //! Calls nothing else in the broker.
 

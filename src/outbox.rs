@@ -81,17 +81,22 @@ impl Line {
 
     /// False when the writer is gone.
     fn push(&self, item: Outgoing) -> bool {
-        let mut state = self.lock();
+        let state = self.lock();
         if state.closed {
             return false;
         }
+        self.push_locked(state, item);
+        true
+    }
+
+    /// Queue `item` under the lock already taken, and wake the writer if it sleeps.
+    fn push_locked(&self, mut state: MutexGuard<'_, LineState>, item: Outgoing) {
         state.items.push_back(item);
         let wake = state.waiting;
         drop(state);
         if wake {
             self.ready.notify_one();
         }
-        true
     }
 }
 
@@ -181,7 +186,7 @@ impl Outbox {
     /// when the writer thread is idle (see the module doc), else queued. False when the writer
     /// is gone.
     pub fn receipt(&self, frame: Vec<u8>) -> bool {
-        let mut state = self.line.lock();
+        let state = self.line.lock();
         if state.closed {
             return false;
         }
@@ -200,12 +205,7 @@ impl Outbox {
                 Err(_) => {}
             }
         }
-        state.items.push_back(Outgoing::Encoded(rest));
-        let wake = state.waiting;
-        drop(state);
-        if wake {
-            self.line.ready.notify_one();
-        }
+        self.line.push_locked(state, Outgoing::Encoded(rest));
         true
     }
 

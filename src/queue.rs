@@ -108,8 +108,9 @@ pub struct Queue {
 }
 
 impl Queue {
-    fn level(entry: &Entry) -> usize {
-        LEVELS - 1 - usize::from(entry.priority().min(9))
+    /// Index into `levels` of `priority`.
+    fn level(priority: u8) -> usize {
+        LEVELS - 1 - usize::from(priority.min(9))
     }
 
     pub fn push(&mut self, entry: Entry) {
@@ -121,7 +122,7 @@ impl Queue {
             self.paged += 1;
         }
         self.len += 1;
-        let level = &mut self.levels[Self::level(&entry)];
+        let level = &mut self.levels[Self::level(entry.priority())];
         if level.back().is_none_or(|last| last.seq < entry.seq) {
             level.push_back(entry);
         } else {
@@ -224,7 +225,7 @@ impl Queue {
     /// Room for `additional` more entries of `priority` (a recovered backlog, counted first,
     /// so the queue never holds twice its size while it grows).
     pub fn reserve(&mut self, priority: u8, additional: usize) {
-        self.levels[LEVELS - 1 - usize::from(priority.min(9))].reserve_exact(additional);
+        self.levels[Self::level(priority)].reserve_exact(additional);
     }
 
     pub fn len(&self) -> usize {
