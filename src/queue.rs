@@ -4,7 +4,7 @@
 //! a NACK or a lost consumer keeps its arrival number, so it returns to its old place.
 //! An entry either holds its message (`Slot::Resident`) or only what ordering, expiry and memory
 //! accounting need (`Slot::Paged`): its body and headers stay in the store until it nears the
-//! front. The queue keeps count of the bytes its resident entries hold.
+//! front. The queue keeps count of the bytes its entries hold (`Entry::held_bytes`).
 
 use crate::message::Message;
 use std::collections::{HashSet, VecDeque};
@@ -63,11 +63,12 @@ impl Entry {
         expires > 0 && expires <= now_ms
     }
 
-    /// Bytes held in memory for the message (0 while paged out).
-    pub fn resident_bytes(&self) -> usize {
+    /// Bytes this entry holds in memory: the entry itself, and its message while resident. A
+    /// deep backlog is mostly paged entries, so they count too.
+    pub fn held_bytes(&self) -> usize {
         match &self.slot {
-            Slot::Resident(m) => m.weight(),
-            Slot::Paged(_) => 0,
+            Slot::Resident(m) => ENTRY_BYTES + m.weight(),
+            Slot::Paged(_) => ENTRY_BYTES,
         }
     }
 
@@ -86,6 +87,9 @@ impl Entry {
         }
     }
 }
+
+/// What an entry costs in memory before its message.
+pub const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
 
 /// Priority levels: STOMP's 0 to 9 (higher first; above 9 counts as 9).
 const LEVELS: usize = 10;
@@ -114,7 +118,7 @@ impl Queue {
     }
 
     pub fn push(&mut self, entry: Entry) {
-        self.bytes += entry.resident_bytes();
+        self.bytes += entry.held_bytes();
         if entry.is_expired(i64::MAX) {
             self.expiring += 1;
         }
@@ -133,7 +137,7 @@ impl Queue {
 
     fn forget(&mut self, entry: &Entry) {
         self.len -= 1;
-        self.bytes -= entry.resident_bytes();
+        self.bytes -= entry.held_bytes();
         if entry.is_expired(i64::MAX) {
             self.expiring -= 1;
         }
@@ -166,7 +170,8 @@ impl Queue {
     }
 
     /// Give loaded messages to their paged entries; returns the bytes now resident. Entries
-    /// whose message did not come back (removed meanwhile) are returned for the caller to drop.
+    /// whose message did not come back (removed meanwhile) leave the queue and are returned for
+    /// the caller to drop (and to stop counting).
     /// The entries asked for were near the front: the search walks from there and stops once
     /// it has seen them all.
     pub fn page_in(
@@ -241,7 +246,7 @@ impl Queue {
         self.len == 0
     }
 
-    /// Bytes of the resident pending messages (bodies and headers).
+    /// Bytes the pending entries hold (`Entry::held_bytes`).
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -268,13 +273,11 @@ impl Queue {
         expired
     }
 
-    /// Remove everything (used when a durable subscription is deleted).
-    pub fn drain(&mut self) -> Vec<Entry> {
-        self.len = 0;
-        self.bytes = 0;
-        self.expiring = 0;
-        self.paged = 0;
-        self.levels.iter_mut().flat_map(std::mem::take).collect()
+    /// Drop every entry and the room they took; returns the bytes they held.
+    pub fn clear(&mut self) -> usize {
+        let held = self.bytes;
+        *self = Queue::default();
+        held
     }
 }
 
@@ -310,6 +313,28 @@ mod tests {
             "{}",
             std::mem::size_of::<Entry>()
         );
+    }
+
+    #[test]
+    fn every_entry_holds_bytes_and_a_resident_one_its_message_too() {
+        let mut q = Queue::default();
+        let resident = entry(1, 4);
+        let weight = resident.weight();
+        q.push(resident);
+        q.push(Entry {
+            slot: Slot::Paged(PagedMeta {
+                id: 2,
+                priority: 4,
+                expires: 0,
+                weight: 100,
+            }),
+            seq: 2,
+            redeliveries: 0,
+            redelivered: true,
+        });
+        assert_eq!(q.bytes(), 2 * ENTRY_BYTES + weight);
+        assert_eq!(q.clear(), 2 * ENTRY_BYTES + weight);
+        assert_eq!((q.len(), q.bytes(), q.paged()), (0, 0, 0));
     }
 
     #[test]
@@ -367,7 +392,9 @@ mod tests {
                 .collect();
         let (added, missing) = q.page_in(&loaded, &[2, 3, 4]);
         assert_eq!(missing.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3]);
-        assert_eq!(q.bytes(), resident + added);
+        let gone: usize = missing.iter().map(Entry::held_bytes).sum();
+        assert_eq!(gone, ENTRY_BYTES);
+        assert_eq!(q.bytes(), resident + added - gone);
         let order: Vec<u64> = std::iter::from_fn(|| q.pop_front().map(|e| e.seq)).collect();
         assert_eq!(order, vec![1, 2, 4]);
         assert_eq!(q.bytes(), 0);

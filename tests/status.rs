@@ -126,7 +126,7 @@ fn admin_commands_print_tables() {
     let (port_a, port_b) = (free_port(), free_port());
     let a_status = format!("127.0.0.1:{port_a}");
     let b_status = format!("127.0.0.1:{port_b}");
-    let a = Broker::start_with_name("aa", &url, &[("HAMQ_STATUS_LISTEN", &a_status)]);
+    let mut a = Broker::start_with_name("aa", &url, &[("HAMQ_STATUS_LISTEN", &a_status)]);
     let b = Broker::spawn_with_name("ab", &url, &[("HAMQ_STATUS_LISTEN", &b_status)]);
     b.wait_for_log("waiting for the lock (held by aa", TIMEOUT);
     let mut c = Client::connect(a.stomp_port());
@@ -164,9 +164,18 @@ fn admin_commands_print_tables() {
         ["7", "4"],
         "priorities in delivery order: {out}"
     );
+    // `one` is in flight to a consumer that does not acknowledge it: the purge leaves it.
+    let mut holder = Client::connect(a.stomp_port());
+    holder.subscribe(
+        "/queue/adm",
+        "h",
+        "client-individual",
+        &[("activemq.prefetchSize", "1")],
+    );
+    assert_eq!(holder.recv(TIMEOUT).text(), "one");
     let (ok, out) = admin(port_a, &["purge", "/queue/adm"]);
     assert!(ok, "{out}");
-    assert_eq!(out, "purged 2 messages from /queue/adm\n");
+    assert_eq!(out, "purged 1 messages from /queue/adm\n");
     c.subscribe("/queue/adm", "s", "auto", &[]);
     assert!(
         c.try_recv(std::time::Duration::from_millis(300)).is_none(),
@@ -180,4 +189,56 @@ fn admin_commands_print_tables() {
     assert!(!ok && out.contains("usage"), "{out}");
     let (ok, out) = admin(free_port(), &["status"]);
     assert!(!ok && out.contains("no broker answers"), "{out}");
+
+    // The store agrees: the slave, master once `aa` is gone, has `one` and not `two`.
+    a.kill9();
+    b.wait_for_log("listening for STOMP", TIMEOUT);
+    let mut d = Client::connect(b.stomp_port());
+    d.subscribe("/queue/adm", "d", "auto", &[]);
+    assert_eq!(d.recv(TIMEOUT).text(), "one");
+    assert!(
+        d.try_recv(std::time::Duration::from_millis(300)).is_none(),
+        "a purged message came back from the store"
+    );
+    drop((holder, c));
+}
+
+#[test]
+fn held_bytes_follow_waiting_messages_through_recovery_and_back_to_zero() {
+    let url = shared_mariadb().create_database();
+    let port = free_port();
+    let status = [("HAMQ_STATUS_LISTEN", format!("127.0.0.1:{port}"))];
+    let env: Vec<(&str, &str)> = status.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let held = || -> f64 {
+        let (code, metrics) = http(port, "GET", "/metrics");
+        assert_eq!(code, 200, "{metrics}");
+        let samples = check_prometheus(&metrics);
+        let held = samples.iter().find(|(s, _)| s == "hamq_held_bytes");
+        held.map(|(_, v)| *v).expect("hamq_held_bytes")
+    };
+    let mut b = Broker::start(&url, &env);
+    assert_eq!(held(), 0.0);
+    let mut p = Client::connect(b.stomp_port());
+    for i in 0..50 {
+        p.send_with_receipt("/queue/held", format!("{i:04}{}", "x".repeat(1000)), &[]);
+    }
+    // Resident: each message's 1 KiB body counts, and its entry.
+    let resident = held();
+    assert!(resident >= 50.0 * 1024.0, "{resident}");
+    b.kill9();
+
+    // Recovered: entries only, bodies wait in the store.
+    let b = Broker::start(&url, &env);
+    b.wait_for_log("recovered 50 messages in 1 destinations", TIMEOUT);
+    let recovered = held();
+    assert!(recovered > 0.0 && recovered < 50.0 * 100.0, "{recovered}");
+    let mut c = Client::connect(b.stomp_port());
+    c.subscribe("/queue/held", "s", "client-individual", &[]);
+    for i in 0..50 {
+        let m = c.recv(TIMEOUT);
+        assert_eq!(m.text()[..4], format!("{i:04}"));
+        c.ack(m.header("ack").unwrap());
+    }
+    // Every message left the queue once delivered: nothing is held any more.
+    assert_eq!(held(), 0.0);
 }

@@ -318,7 +318,7 @@ impl Router {
             }
         }
         for (entry, source) in expired {
-            self.resident -= entry.resident_bytes();
+            self.held -= entry.held_bytes();
             self.expire(entry, &source);
         }
     }

@@ -228,8 +228,9 @@ pub struct Router {
     pager: Sender<PageRequest<Source>>,
     /// Sources with a page request out.
     paging: HashSet<Source>,
-    /// Bytes of messages held by pending resident entries, against `memory_limit`.
-    resident: usize,
+    /// Bytes held by pending entries (`Entry::held_bytes`: each entry, and its message while
+    /// resident), against `memory_limit`.
+    held: usize,
     memory_limit: usize,
     max_redeliveries: u32,
     max_subscriptions: usize,
@@ -276,7 +277,7 @@ impl Router {
             collected: Vec::new(),
             pager,
             paging: HashSet::new(),
-            resident: 0,
+            held: 0,
             memory_limit,
             max_redeliveries,
             max_subscriptions,
@@ -310,6 +311,16 @@ impl Router {
                 d.queue.push(entry);
             }
         }
+        router.held = router
+            .queues
+            .values()
+            .map(|d| d.queue.bytes())
+            .sum::<usize>()
+            + router
+                .durables
+                .values()
+                .map(|d| d.queue.bytes())
+                .sum::<usize>();
         let names: Vec<Arc<str>> = router.queues.keys().cloned().collect();
         for name in &names {
             router.check_full(name);
@@ -393,14 +404,9 @@ impl Router {
         if let Some(existing) = self.durables.get_mut(&row.id) {
             if existing.row.topic != row.topic {
                 // Re-pointed to another topic: the store dropped what it held.
-                let dropped: usize = existing
-                    .queue
-                    .drain()
-                    .iter()
-                    .map(Entry::resident_bytes)
-                    .sum();
+                let dropped = existing.queue.clear();
                 let old = std::mem::replace(&mut existing.row, row);
-                self.resident -= dropped;
+                self.held -= dropped;
                 self.unindex_durable(&old);
                 if let Some(row) = self.durables.get(&old.id).map(|d| d.row.clone()) {
                     self.index_durable(&row);

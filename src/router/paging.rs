@@ -1,9 +1,10 @@
 //! Bounded memory: which entries keep their message in memory, and loading paged-out ones.
 //! Runs on the router thread only.
 //!
-//! Rule: a new persistent message stays resident while the bytes held by pending resident
-//! entries (`Router::resident`) are under `memory_limit`; past it, only its metadata is kept and
-//! the body waits in the store. Everything recovered starts paged out. When paged entries come
+//! Rule: a new persistent message stays resident while the bytes held by pending entries
+//! (`Router::held`: every entry's own size, and the message of each resident one) are under
+//! `memory_limit`; past it, only its metadata is kept and the body waits in the store. So a deep
+//! backlog's entries leave less room for bodies, and the limit bounds both. Everything recovered starts paged out. When paged entries come
 //! within `PAGE_WINDOW` of a queue's front and the queue has consumers, the router asks the pager
 //! for up to `PAGE_BYTES` of them (one request in flight per queue); past `memory_limit` only when
 //! the front entry itself is paged, so memory stays within the limit plus a page per queue.
@@ -12,7 +13,7 @@
 
 use super::{Router, Source};
 use crate::message::{Message, NON_PERSISTENT_BIT};
-use crate::queue::{Entry, PagedMeta, Queue, Slot};
+use crate::queue::{Entry, PagedMeta, Queue, Slot, ENTRY_BYTES};
 use crate::store::{PageRequest, Paged};
 use crossbeam_channel::TrySendError;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ impl Router {
     pub(super) fn new_entry(&mut self, message: Arc<Message>) -> Entry {
         let weight = message.weight();
         let stored = message.id & NON_PERSISTENT_BIT == 0;
-        let slot = if stored && self.resident + weight > self.memory_limit {
+        let slot = if stored && self.held + ENTRY_BYTES + weight > self.memory_limit {
             Slot::Paged(PagedMeta {
                 id: message.id,
                 priority: message.priority,
@@ -63,7 +64,7 @@ impl Router {
 
     /// Add an entry to a queue or durable subscription, keeping the memory count.
     pub(super) fn push_entry(&mut self, source: &Source, entry: Entry) {
-        let bytes = entry.resident_bytes();
+        let bytes = entry.held_bytes();
         let queue = match source {
             Source::Queue(name) => &mut self.queues.entry(name.clone()).or_default().queue,
             _ => match self.queue_mut(source) {
@@ -72,12 +73,12 @@ impl Router {
             },
         };
         queue.push(entry);
-        self.resident += bytes;
+        self.held += bytes;
     }
 
     pub(super) fn pop_entry(&mut self, source: &Source) -> Option<Entry> {
         let entry = self.queue_mut(source)?.pop_front()?;
-        self.resident -= entry.resident_bytes();
+        self.held -= entry.held_bytes();
         Some(entry)
     }
 
@@ -95,7 +96,7 @@ impl Router {
         // Past the memory limit, load only what the front needs to move on: prefetching more
         // for consumers without room would hold it all in memory.
         let front_paged = queue.front().is_some_and(|e| e.message().is_none());
-        if self.resident >= self.memory_limit && !front_paged {
+        if self.held >= self.memory_limit && !front_paged {
             return;
         }
         let ids: Vec<u64> = queue
@@ -148,7 +149,8 @@ impl Router {
             return;
         };
         let (added, missing) = queue.page_in(&messages, &paged.ids);
-        self.resident += added;
+        self.held += added;
+        self.held -= missing.iter().map(Entry::held_bytes).sum::<usize>();
         for entry in missing {
             log::debug!(
                 "message {} left the store before it was paged in",

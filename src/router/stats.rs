@@ -2,7 +2,9 @@
 //! messages move, snapshots, browsing and purging. Runs on the router thread only; the status
 //! thread asks through `RouterMsg::Stats`/`Browse`/`Purge` and waits on its own channel.
 
-use super::{target, Router, Source};
+use super::{Router, Source};
+use crate::message::NON_PERSISTENT_BIT;
+use crate::queue::Entry;
 use crate::store::StoreOp;
 use std::sync::Arc;
 
@@ -30,6 +32,9 @@ pub struct DestinationStats {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     pub connections: usize,
+    /// Bytes held by waiting messages (`Entry::held_bytes`), against `memory_limit`.
+    pub held_bytes: usize,
+    pub memory_limit: usize,
     pub destinations: Vec<DestinationStats>,
 }
 
@@ -116,6 +121,8 @@ impl Router {
         destinations.sort_by(|a, b| a.name.cmp(&b.name));
         Stats {
             connections: self.conns.len(),
+            held_bytes: self.held,
+            memory_limit: self.memory_limit,
             destinations,
         }
     }
@@ -142,21 +149,20 @@ impl Router {
         let Some(dest) = self.queues.get_mut(destination) else {
             return 0;
         };
-        let source = Source::Queue(Arc::from(destination));
-        let entries = dest.queue.drain();
-        let removals = entries
-            .iter()
-            .filter_map(|e| target(e.id(), &source))
-            .collect();
-        self.resident -= entries.iter().map(|e| e.resident_bytes()).sum::<usize>();
-        self.paging.remove(&source);
-        self.count(destination, |c| c.dequeued += entries.len() as u64);
-        self.store_later(StoreOp::Commit {
-            sends: Vec::new(),
-            removals,
-            done: None,
-        });
-        log::info!("purged {} messages from {destination}", entries.len());
-        entries.len()
+        // Bare ids, then the entries go: a deep queue is not copied on its way out.
+        let purged = dest.queue.len();
+        let mut ids = Vec::with_capacity(purged);
+        ids.extend(
+            dest.queue
+                .iter()
+                .map(Entry::id)
+                .filter(|id| id & NON_PERSISTENT_BIT == 0),
+        );
+        self.held -= dest.queue.clear();
+        self.paging.remove(&Source::Queue(Arc::from(destination)));
+        self.count(destination, |c| c.dequeued += purged as u64);
+        self.store_later(StoreOp::Purge { ids });
+        log::info!("purged {purged} messages from {destination}");
+        purged
     }
 }

@@ -177,13 +177,7 @@ impl Router {
         self.durable_names.remove(&name);
         if let Some(mut durable) = self.durables.remove(&durable_id) {
             self.unindex_durable(&durable.row);
-            let dropped: usize = durable
-                .queue
-                .drain()
-                .iter()
-                .map(|e| e.resident_bytes())
-                .sum();
-            self.resident -= dropped;
+            self.held -= durable.queue.clear();
         }
         self.blocked.remove(&Source::Durable(durable_id));
         Reply::DurableRemoved(durable_id)

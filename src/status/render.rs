@@ -53,13 +53,15 @@ pub fn status_json(shared: &Shared, role: &RoleInfo, stats: &Stats) -> String {
         .collect();
     format!(
         "{{\"name\":{},\"role\":\"{}\",\"epoch\":{},\"holder\":{},\"uptime_seconds\":{},\
-         \"connections\":{},\"destinations\":[{}]}}\n",
+         \"connections\":{},\"held_bytes\":{},\"memory_limit\":{},\"destinations\":[{}]}}\n",
         json_string(&shared.name),
         role_name(role),
         role.epoch,
         json_string(&role.holder),
         shared.started.elapsed().as_secs(),
         stats.connections,
+        stats.held_bytes,
+        stats.memory_limit,
         destinations.join(",")
     )
 }
@@ -93,6 +95,16 @@ pub fn metrics(shared: &Shared, role: &RoleInfo, stats: &Stats) -> String {
             "hamq_connections",
             "open client connections",
             stats.connections as u64,
+        ),
+        (
+            "hamq_held_bytes",
+            "bytes held by waiting messages (entries, and bodies kept in memory)",
+            stats.held_bytes as u64,
+        ),
+        (
+            "hamq_memory_limit_bytes",
+            "memory_limit: past it, new messages keep only their metadata in memory",
+            stats.memory_limit as u64,
         ),
     ];
     for (name, help, value) in gauges {

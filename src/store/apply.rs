@@ -69,6 +69,7 @@ impl Apply<'_, '_, '_> {
                 out.committed.push(Committed::Durable(row));
             }
             StoreOp::DeleteDurable { id } => self.delete_durable(id)?,
+            StoreOp::Purge { ids } => delete_messages(self.tx, &ids)?,
         }
         Ok(())
     }
@@ -345,4 +346,17 @@ fn row_values(m: &Message) -> [Value; 8] {
 fn placeholders(rows: usize, columns: usize) -> String {
     let row = format!("({})", vec!["?"; columns].join(", "));
     vec![row; rows].join(", ")
+}
+
+/// One `DELETE ... IN (...)` per chunk instead of a round trip per acknowledged message. The ids
+/// are numbers formatted by us, never client text.
+pub(super) fn delete_messages(tx: &mut Transaction<'_>, ids: &[u64]) -> Result<(), StoreError> {
+    for chunk in ids.chunks(500) {
+        let list: Vec<String> = chunk.iter().map(u64::to_string).collect();
+        tx.query_drop(format!(
+            "DELETE FROM hamq_messages WHERE id IN ({})",
+            list.join(",")
+        ))?;
+    }
+    Ok(())
 }

@@ -61,6 +61,9 @@ pub enum StoreOp {
     },
     /// Delete a durable subscription, its entries and the messages no one else holds.
     DeleteDurable { id: u64 },
+    /// Delete the rows of a purged queue's waiting messages: bare ids, as a purge may remove
+    /// millions.
+    Purge { ids: Vec<u64> },
 }
 
 /// What the writer forwards to the router, in commit order.

@@ -12,7 +12,6 @@ use super::{lock, Committed, Done, DurableRow, StoreError, StoreOp};
 use crate::flow_control::FlowControl;
 use crate::message::Message;
 use crossbeam_channel::RecvTimeoutError;
-use mysql::prelude::Queryable;
 use mysql::{Conn, Transaction, TxOpts};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -400,7 +399,7 @@ impl Writer {
         let failure = match failure {
             Some(e) => Some(e),
             None => apply::write_rows(&mut tx, out)
-                .and_then(|()| delete_messages(&mut tx, &out.deletes))
+                .and_then(|()| apply::delete_messages(&mut tx, &out.deletes))
                 .err(),
         };
         if let Some(e) = failure {
@@ -476,17 +475,4 @@ pub(super) fn push_messages(out: &mut Outcome, messages: Vec<Arc<Message>>) {
     } else {
         out.committed.push(Committed::Messages(messages));
     }
-}
-
-/// One `DELETE ... IN (...)` per chunk instead of a round trip per acknowledged message. The ids
-/// are numbers formatted by us, never client text.
-fn delete_messages(tx: &mut Transaction<'_>, ids: &[u64]) -> Result<(), StoreError> {
-    for chunk in ids.chunks(500) {
-        let list: Vec<String> = chunk.iter().map(u64::to_string).collect();
-        tx.query_drop(format!(
-            "DELETE FROM hamq_messages WHERE id IN ({})",
-            list.join(",")
-        ))?;
-    }
-    Ok(())
 }
