@@ -5,7 +5,8 @@
 mod common;
 
 use common::{shared_mariadb, Broker, Client, Frame, TIMEOUT};
-use std::time::Duration;
+use mysql::prelude::Queryable;
+use std::time::{Duration, Instant};
 
 const SHORT: Duration = Duration::from_millis(300);
 
@@ -449,6 +450,55 @@ fn bodies_beyond_the_memory_limit_are_paged_from_the_store() {
     let expected: Vec<String> = high.into_iter().chain(normal).map(body).collect();
     assert_eq!(got.len(), expected.len());
     assert!(got == expected, "paged messages out of order or altered");
+    assert!(c.try_recv(SHORT).is_none());
+}
+
+#[test]
+fn an_idle_pager_closes_its_connection_and_opens_one_for_the_next_page() {
+    // Lease 10 s: the pager lets its connection go after 1 s without a request.
+    let db = shared_mariadb();
+    let url = db.create_database();
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let connections = || -> u64 {
+        let sql =
+            format!("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = '{name}'");
+        db.root_conn().query_first(sql).unwrap().unwrap()
+    };
+    let b = Broker::start(
+        &url,
+        &[("HAMQ_MEMORY_LIMIT", "16384"), ("HAMQ_LEASE", "10")],
+    );
+    let port = b.stomp_port();
+    // The election's and the writer's; the pager connects when first asked.
+    let before = connections();
+    let mut p = Client::connect(port);
+    let body = |i: usize| format!("{i:04}{}", "x".repeat(1020));
+    for i in 0..200 {
+        p.send_with_receipt("/queue/idlepager", body(i), &[]);
+    }
+    let mut c = Client::connect(port);
+    c.subscribe("/queue/idlepager", "s", "client-individual", &[]);
+    let mut got = Vec::new();
+    let mut take = |c: &mut Client, n: usize| {
+        for _ in 0..n {
+            let m = c.recv(TIMEOUT);
+            c.ack(m.header("ack").unwrap());
+            got.push(m.text());
+        }
+    };
+    // 16 KiB of memory: most of the first 100 were paged in.
+    take(&mut c, 100);
+    let deadline = Instant::now() + TIMEOUT;
+    while connections() != before {
+        assert!(Instant::now() < deadline, "the pager kept its connection");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    take(&mut c, 100);
+    let expected: Vec<String> = (0..200).map(body).collect();
+    assert!(
+        got == expected,
+        "paged messages lost, altered or out of order"
+    );
     assert!(c.try_recv(SHORT).is_none());
 }
 

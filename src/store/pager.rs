@@ -4,13 +4,14 @@
 //! entries near the front of a queue; the pager reads them in one query and forwards them, with
 //! the router's own key for the queue, through the forwarding function (a blocking send into the
 //! router's inbox, which the router always drains). Reads only: it never writes, so it needs no
-//! fencing. When idle it pings every `keepalive` (the lease must not drop its connection); after
-//! an error it reconnects before the next request. Exits when the router drops its sender.
+//! fencing. Idle for `idle`, it closes its connection, and it opens one again for the next
+//! request (as after an error): the `mysql` crate keeps a 4 MiB read buffer per connection that
+//! becomes resident as reads walk through it, so a pager that loaded a backlog would otherwise
+//! hold those pages for good. Exits when the router drops its sender.
 
 use super::{schema::load_messages, StoreError};
 use crate::message::Message;
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
-use mysql::prelude::Queryable;
 use mysql::Conn;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,7 +41,7 @@ pub type Connector = Box<dyn Fn() -> Result<Conn, StoreError> + Send>;
 
 pub fn spawn_pager<K: Send + 'static>(
     connect: Connector,
-    keepalive: Duration,
+    idle: Duration,
     mut forward: PageForward<K>,
 ) -> std::io::Result<(Sender<PageRequest<K>>, JoinHandle<()>)> {
     let (tx, rx) = bounded::<PageRequest<K>>(DEPTH);
@@ -49,14 +50,10 @@ pub fn spawn_pager<K: Send + 'static>(
         .spawn(move || {
             let mut conn: Option<Conn> = None;
             loop {
-                let request = match rx.recv_timeout(keepalive) {
+                let request = match rx.recv_timeout(idle) {
                     Ok(request) => request,
                     Err(RecvTimeoutError::Timeout) => {
-                        if let Some(c) = conn.as_mut() {
-                            if c.query_drop("DO 1").is_err() {
-                                conn = None;
-                            }
-                        }
+                        conn = None;
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => return,
