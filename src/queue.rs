@@ -1,7 +1,8 @@
 //! One destination's pending messages, in delivery order: higher priority first, then arrival.
 //!
-//! A plain data structure owned by the router thread (no locks, no I/O). A message put back after
-//! a NACK or a lost consumer keeps its arrival number, so it returns to its old place.
+//! A plain data structure (no locks, no I/O): recovery builds a recovered backlog's queues, then
+//! the router thread owns them and all others. A message put back after a NACK or a lost
+//! consumer keeps its arrival number, so it returns to its old place.
 //! An entry either holds its message (`Slot::Resident`) or only what ordering, expiry and memory
 //! accounting need (`Slot::Paged`): its body and headers stay in the store until it nears the
 //! front. The queue keeps count of the bytes its entries hold (`Entry::held_bytes`).
@@ -225,12 +226,6 @@ impl Queue {
         let entry = self.levels.iter_mut().find_map(VecDeque::pop_front)?;
         self.forget(&entry);
         Some(entry)
-    }
-
-    /// Room for `additional` more entries of `priority` (a recovered backlog, counted first,
-    /// so the queue never holds twice its size while it grows).
-    pub fn reserve(&mut self, priority: u8, additional: usize) {
-        self.levels[Self::level(priority)].reserve_exact(additional);
     }
 
     pub fn len(&self) -> usize {

@@ -22,7 +22,7 @@ use crate::transport::{self, Transport};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use mysql::Conn;
 use rustls::ServerConfig;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{Shutdown as Both, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -116,7 +116,11 @@ fn serve(
     });
     store::prepare(&mut conn).map_err(|e| e.to_string())?;
     let recovered = store::recover(&mut conn).map_err(|e| e.to_string())?;
-    let queued: usize = recovered.queued.iter().map(Vec::len).sum();
+    let queued: usize = recovered
+        .queues
+        .values()
+        .map(crate::queue::Queue::len)
+        .sum();
     let count = queued + recovered.entries.len();
     // Recovery holds metadata only; bodies are paged in as consumers reach them.
     log::info!(
@@ -255,13 +259,7 @@ fn store_conn(config: &Config) -> Result<Conn, StoreError> {
 }
 
 fn count_destinations(recovered: &store::Recovered) -> usize {
-    let names: HashSet<&str> = recovered
-        .queued
-        .iter()
-        .flatten()
-        .map(|(d, _, _)| &**d)
-        .collect();
-    names.len() + recovered.durables.len()
+    recovered.queues.len() + recovered.durables.len()
 }
 
 /// A bound STOMP listener; with TLS settings for the TLS one.

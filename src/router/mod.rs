@@ -288,19 +288,9 @@ impl Router {
             next_seq: 1,
             next_sub: 1,
         };
-        let mut counts: HashMap<(&str, u8), usize> = HashMap::new();
-        for (name, meta, _) in recovered.queued.iter().flatten() {
-            *counts.entry((name, meta.priority)).or_default() += 1;
-        }
-        for ((name, priority), count) in counts {
-            let dest = router.queues.entry(Arc::from(name)).or_default();
-            dest.queue.reserve(priority, count);
-        }
-        for chunk in recovered.queued {
-            for (name, meta, redeliveries) in chunk {
-                let entry = router.recovered_entry(meta, redeliveries);
-                router.queues.entry(name).or_default().queue.push(entry);
-            }
+        router.next_seq = recovered.last_seq;
+        for (name, queue) in recovered.queues {
+            router.queues.entry(name).or_default().queue = queue;
         }
         for row in recovered.durables {
             router.add_durable(row);

@@ -18,9 +18,10 @@ pub use pager::{spawn_pager, Connector, PageForward, PageRequest, Paged};
 pub use writer::{spawn_writer, Fence, WriterHandle, WriterStats};
 
 use crate::message::Message;
-use crate::queue::PagedMeta;
+use crate::queue::{PagedMeta, Queue};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder, SslOpts};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,19 +89,17 @@ pub struct DurableRow {
 /// What the store holds, as metadata (bodies are paged in later), in the order it was sent.
 #[derive(Debug)]
 pub struct Recovered {
-    /// (queue, message, redeliveries), ordered by message id, in chunks of at most
-    /// `RECOVERY_CHUNK`: the router frees each chunk once it has queued it, so a deep backlog
-    /// is not held twice (as rows and as queue entries) at the peak of a takeover.
-    pub queued: Vec<Vec<(Arc<str>, PagedMeta, u32)>>,
+    /// Each queue's waiting messages, paged out, built as the rows arrive: the router adopts
+    /// them as they are, so a deep backlog is never held twice at the peak of a takeover.
+    pub queues: HashMap<Arc<str>, Queue>,
+    /// The arrival number (`Entry::seq`) of the last of them, in message id order.
+    pub last_seq: u64,
     pub durables: Vec<DurableRow>,
     /// (durable id, message, redeliveries), ordered by message id.
     pub entries: Vec<(u64, PagedMeta, u32)>,
     /// The first message id the writer hands out (see `schema::next_message_id`).
     pub next_id: u64,
 }
-
-/// Rows per chunk of `Recovered::queued`.
-pub const RECOVERY_CHUNK: usize = 65_536;
 
 /// Errors at the store boundary.
 #[derive(Clone, Debug)]

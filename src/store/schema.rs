@@ -2,9 +2,9 @@
 //!
 //! Runs on the server thread before clients are served, on the connection `server` opened.
 
-use super::{column, decode_headers, DurableRow, Recovered, StoreError, RECOVERY_CHUNK};
+use super::{column, decode_headers, DurableRow, Recovered, StoreError};
 use crate::message::Message;
-use crate::queue::PagedMeta;
+use crate::queue::{Entry, PagedMeta, Queue, Slot};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Row};
 use std::collections::HashMap;
@@ -117,7 +117,7 @@ const MESSAGE_COLUMNS: &str = "m.id, m.destination, m.priority, m.expires, m.tim
 const META_COLUMNS: &str = "m.id, m.priority, m.expires, LENGTH(m.headers) + LENGTH(m.body) + 128";
 
 /// A deep backlog's recovery logs its progress every this many messages.
-const PROGRESS_EVERY: usize = 100_000;
+const PROGRESS_EVERY: u64 = 100_000;
 
 /// Recovery reads metadata only: bodies are paged in when consumers reach them, so a deep
 /// backlog costs a few dozen bytes per message and the new master serves sooner.
@@ -126,29 +126,24 @@ pub(super) fn recover(conn: &mut Conn) -> Result<Recovered, StoreError> {
         "SELECT {META_COLUMNS}, m.redeliveries, m.destination FROM hamq_messages m
          WHERE m.destination LIKE '/queue/%' ORDER BY m.id"
     );
-    let mut queued: Vec<Vec<_>> = Vec::new();
-    let mut count = 0;
-    // One Arc per destination name however many messages it has.
-    let mut names: HashMap<String, Arc<str>> = HashMap::new();
+    let mut queues: HashMap<Arc<str>, Queue> = HashMap::new();
+    let mut seq: u64 = 0;
     for row in conn.query_iter(query)? {
         let row = row?;
-        count += 1;
-        if count % PROGRESS_EVERY == 0 {
-            log::info!("recovering: {count} queued messages so far");
+        seq += 1;
+        if seq.is_multiple_of(PROGRESS_EVERY) {
+            log::info!("recovering: {seq} queued messages so far");
         }
+        let entry = Entry {
+            slot: Slot::Paged(meta_from_row(&row)?),
+            seq,
+            redeliveries: column(&row, 4)?,
+            redelivered: true,
+        };
         let name: String = column(&row, 5)?;
-        let name = names
-            .entry(name)
-            .or_insert_with_key(|n| Arc::from(n.as_str()))
-            .clone();
-        let item = (name, meta_from_row(&row)?, column::<u32>(&row, 4)?);
-        match queued.last_mut() {
-            Some(chunk) if chunk.len() < RECOVERY_CHUNK => chunk.push(item),
-            _ => {
-                let mut chunk = Vec::with_capacity(RECOVERY_CHUNK);
-                chunk.push(item);
-                queued.push(chunk);
-            }
+        match queues.get_mut(name.as_str()) {
+            Some(queue) => queue.push(entry),
+            None => queues.entry(Arc::from(name)).or_default().push(entry),
         }
     }
     let rows: Vec<Row> =
@@ -178,7 +173,8 @@ pub(super) fn recover(conn: &mut Conn) -> Result<Recovered, StoreError> {
         ));
     }
     Ok(Recovered {
-        queued,
+        queues,
+        last_seq: seq,
         durables,
         entries,
         next_id: next_message_id(conn)?,
