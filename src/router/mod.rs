@@ -285,10 +285,9 @@ impl Router {
             max_transaction_bytes,
             full: HashSet::new(),
             flow,
-            next_seq: 1,
+            next_seq: recovered.last_seq,
             next_sub: 1,
         };
-        router.next_seq = recovered.last_seq;
         for (name, queue) in recovered.queues {
             router.queues.entry(name).or_default().queue = queue;
         }

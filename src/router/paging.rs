@@ -3,11 +3,12 @@
 //!
 //! Rule: a new persistent message stays resident while the bytes held by pending entries
 //! (`Router::held`: every entry's own size, and the message of each resident one) are under
-//! `memory_limit`; past it, only its metadata is kept and the body waits in the store. So a deep
-//! backlog's entries leave less room for bodies, and the limit bounds both. Everything recovered starts paged out. When paged entries come
-//! within `PAGE_WINDOW` of a queue's front and the queue has consumers, the router asks the pager
-//! for up to `PAGE_BYTES` of them (one request in flight per queue); past `memory_limit` only when
-//! the front entry itself is paged, so memory stays within the limit plus a page per queue.
+//! `memory_limit`; past it, only its metadata is kept and the body waits in the store, so a deep
+//! backlog's entries leave less room for bodies. Everything recovered starts paged out. When
+//! paged entries come within `PAGE_WINDOW` of a queue's front and the queue has consumers, the
+//! router asks the pager for up to `PAGE_BYTES` of them (one request in flight per queue); past
+//! `memory_limit` only when the front entry itself is paged, so bodies stay within the limit
+//! plus a page per queue.
 //! Dispatch stops at a paged entry until its body arrives.
 //! Non-persistent messages are never paged (the store does not have them).
 

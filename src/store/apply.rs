@@ -348,8 +348,8 @@ fn placeholders(rows: usize, columns: usize) -> String {
     vec![row; rows].join(", ")
 }
 
-/// One `DELETE ... IN (...)` per chunk instead of a round trip per acknowledged message. The ids
-/// are numbers formatted by us, never client text.
+/// One `DELETE ... IN (...)` per chunk instead of a round trip per acknowledged or purged
+/// message. The ids are numbers formatted by us, never client text.
 pub(super) fn delete_messages(tx: &mut Transaction<'_>, ids: &[u64]) -> Result<(), StoreError> {
     for chunk in ids.chunks(500) {
         let list: Vec<String> = chunk.iter().map(u64::to_string).collect();
