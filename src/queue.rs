@@ -17,16 +17,30 @@ pub struct PagedMeta {
     pub id: u64,
     pub priority: u8,
     pub expires: i64,
-    /// The message's `weight()` once loaded (u32: bodies are bounded by `max_frame`, and a
-    /// deep backlog is mostly these entries).
+    /// The message's weight once loaded (`entry_weight`).
     pub weight: u32,
 }
 
 /// The message itself, or just its metadata while the body waits in the store.
 #[derive(Clone, Debug)]
 pub enum Slot {
-    Resident(Arc<Message>),
+    /// The message and its `Message::weight`, computed once: the memory count reads it each
+    /// time the entry moves.
+    Resident(Arc<Message>, u32),
     Paged(PagedMeta),
+}
+
+impl Slot {
+    pub fn resident(message: Arc<Message>) -> Slot {
+        let weight = entry_weight(message.weight());
+        Slot::Resident(message, weight)
+    }
+}
+
+/// A message's weight as an entry keeps it (u32: bodies are bounded by `max_frame`, and a deep
+/// backlog is mostly entries).
+pub fn entry_weight(weight: usize) -> u32 {
+    u32::try_from(weight).unwrap_or(u32::MAX)
 }
 
 /// A message waiting in a queue or a durable subscription, with its delivery history.
@@ -44,21 +58,21 @@ pub struct Entry {
 impl Entry {
     pub fn id(&self) -> u64 {
         match &self.slot {
-            Slot::Resident(m) => m.id,
+            Slot::Resident(m, _) => m.id,
             Slot::Paged(p) => p.id,
         }
     }
 
     pub fn priority(&self) -> u8 {
         match &self.slot {
-            Slot::Resident(m) => m.priority,
+            Slot::Resident(m, _) => m.priority,
             Slot::Paged(p) => p.priority,
         }
     }
 
     pub fn is_expired(&self, now_ms: i64) -> bool {
         let expires = match &self.slot {
-            Slot::Resident(m) => m.expires,
+            Slot::Resident(m, _) => m.expires,
             Slot::Paged(p) => p.expires,
         };
         expires > 0 && expires <= now_ms
@@ -68,7 +82,7 @@ impl Entry {
     /// deep backlog is mostly paged entries, so they count too.
     pub fn held_bytes(&self) -> usize {
         match &self.slot {
-            Slot::Resident(m) => ENTRY_BYTES + m.weight(),
+            Slot::Resident(_, weight) => ENTRY_BYTES + *weight as usize,
             Slot::Paged(_) => ENTRY_BYTES,
         }
     }
@@ -76,14 +90,14 @@ impl Entry {
     /// The message's weight, resident or not.
     pub fn weight(&self) -> usize {
         match &self.slot {
-            Slot::Resident(m) => m.weight(),
+            Slot::Resident(_, weight) => *weight as usize,
             Slot::Paged(p) => p.weight as usize,
         }
     }
 
     pub fn message(&self) -> Option<&Arc<Message>> {
         match &self.slot {
-            Slot::Resident(m) => Some(m),
+            Slot::Resident(m, _) => Some(m),
             Slot::Paged(_) => None,
         }
     }
@@ -196,8 +210,8 @@ impl Queue {
                 }
                 match loaded.get(&meta.id) {
                     Some(message) => {
-                        entry.slot = Slot::Resident(message.clone());
-                        added += message.weight();
+                        entry.slot = Slot::resident(message.clone());
+                        added += entry.weight();
                         self.paged -= 1;
                     }
                     None => gone.push((level, at)),
@@ -293,7 +307,7 @@ mod tests {
             body: vec![0; 10],
         };
         Entry {
-            slot: Slot::Resident(Arc::new(message)),
+            slot: Slot::resident(Arc::new(message)),
             seq,
             redeliveries: 0,
             redelivered: false,

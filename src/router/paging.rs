@@ -14,7 +14,7 @@
 
 use super::{Router, Source};
 use crate::message::{Message, NON_PERSISTENT_BIT};
-use crate::queue::{Entry, PagedMeta, Queue, Slot, ENTRY_BYTES};
+use crate::queue::{entry_weight, Entry, PagedMeta, Queue, Slot, ENTRY_BYTES};
 use crate::store::{PageRequest, Paged};
 use crossbeam_channel::TrySendError;
 use std::sync::Arc;
@@ -34,10 +34,10 @@ impl Router {
                 id: message.id,
                 priority: message.priority,
                 expires: message.expires,
-                weight: u32::try_from(weight).unwrap_or(u32::MAX),
+                weight: entry_weight(weight),
             })
         } else {
-            Slot::Resident(message)
+            Slot::Resident(message, entry_weight(weight))
         };
         Entry {
             slot,

@@ -72,7 +72,7 @@ impl Router {
             };
             sub.backlog_bytes -= message.weight();
             let entry = Entry {
-                slot: Slot::Resident(message),
+                slot: Slot::resident(message),
                 seq: self.seq(),
                 redeliveries: 0,
                 redelivered: false,

@@ -159,13 +159,12 @@ impl Session {
         let flow = &self.ctx.flow;
         let mut taken = 0;
         for m in &sends {
-            if !flow.admit(&m.destination, m.weight(), || {
-                self.ctx.shutdown.is_stopping()
-            }) {
+            let weight = m.weight();
+            if !flow.admit(&m.destination, weight, || self.ctx.shutdown.is_stopping()) {
                 flow.committed(taken);
                 return Flow::Close;
             }
-            taken += m.weight();
+            taken += weight;
         }
         let op = StoreOp::Commit {
             sends,

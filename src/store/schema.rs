@@ -4,7 +4,7 @@
 
 use super::{column, decode_headers, DurableRow, Recovered, StoreError};
 use crate::message::Message;
-use crate::queue::{Entry, PagedMeta, Queue, Slot};
+use crate::queue::{entry_weight, Entry, PagedMeta, Queue, Slot};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Row};
 use std::collections::HashMap;
@@ -209,7 +209,7 @@ fn meta_from_row(row: &Row) -> Result<PagedMeta, StoreError> {
         id: column(row, 0)?,
         priority: column(row, 1)?,
         expires: column(row, 2)?,
-        weight: u32::try_from(column::<u64>(row, 3)?).unwrap_or(u32::MAX),
+        weight: entry_weight(column::<usize>(row, 3)?),
     })
 }
 
