@@ -5,7 +5,9 @@
 //! order: listeners, connections, router, pager, store writer, and only then release the lock.
 //!
 //! Runs on the main thread; a second listener gets an accept thread of its own. Owns the threads
-//! it starts and joins every one of them.
+//! it starts: joins each of its own, and waits for every session thread to leave the registry
+//! (they are detached, so an ended connection's stack goes back at once instead of staying mapped
+//! until a join).
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -25,16 +27,43 @@ use rustls::ServerConfig;
 use std::collections::HashMap;
 use std::net::{Shutdown as Both, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Open connections, so shutdown can cut them (each session removes itself when it ends), and
-/// the last connection id given out by any listener.
+/// Open connections, so shutdown can cut them (each session removes itself when it ends) and
+/// wait for them, and the last connection id given out by any listener.
 #[derive(Default)]
 struct Connections {
     open: Mutex<HashMap<u64, TcpStream>>,
+    /// Notified each time a session leaves `open`.
+    left: Condvar,
     last_id: AtomicU64,
+}
+
+impl Connections {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, TcpStream>> {
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn leave(&self, id: u64) {
+        self.lock().remove(&id);
+        self.left.notify_all();
+    }
+
+    /// Until every session has left (their sockets are cut by then: each ends within a read
+    /// timeout).
+    fn wait_empty(&self) {
+        let mut open = self.lock();
+        while !open.is_empty() {
+            open = self
+                .left
+                .wait(open)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
 }
 
 type Registry = Arc<Connections>;
@@ -138,16 +167,12 @@ fn serve(
         flow: shared.flow.clone(),
         auth: shared.auth.clone(),
     };
-    let sessions = match bind_listeners(config, tls) {
+    match bind_listeners(config, tls) {
         Ok(listeners) => serve_listeners(listeners, ctx),
         Err(why) => {
             shutdown.fail(why);
             drop(ctx);
-            Vec::new()
         }
-    };
-    for session in sessions {
-        let _ = session.join();
     }
     set_router(shared, None);
     pipeline.stop();
@@ -285,10 +310,9 @@ fn bind_listeners(
 }
 
 /// Accept on every listener (the last on this thread, others on their own) until shutdown,
-/// then cut every open connection; returns the session threads to join.
-fn serve_listeners(mut listeners: Vec<Listener>, ctx: Context) -> Vec<JoinHandle<()>> {
+/// then cut every open connection and wait until every session has ended.
+fn serve_listeners(mut listeners: Vec<Listener>, ctx: Context) {
     let registry: Registry = Arc::default();
-    let mut threads = Vec::new();
     let mut accept_threads = Vec::new();
     if let Some(last) = listeners.pop() {
         for listener in listeners {
@@ -303,27 +327,25 @@ fn serve_listeners(mut listeners: Vec<Listener>, ctx: Context) -> Vec<JoinHandle
                     .fail(format!("could not start an accept thread: {e}")),
             }
         }
-        threads = accept_loop(last, &ctx, &registry);
+        accept_loop(last, &ctx, &registry);
     }
     for thread in accept_threads {
-        threads.extend(thread.join().unwrap_or_default());
+        let _ = thread.join();
     }
     let why = ctx
         .shutdown
         .failure()
         .unwrap_or_else(|| "asked to stop".to_string());
     log::info!("shutting down ({why}): listeners closed, closing connections");
-    if let Ok(open) = registry.open.lock() {
-        for stream in open.values() {
-            let _ = stream.shutdown(Both::Both);
-        }
+    for stream in registry.lock().values() {
+        let _ = stream.shutdown(Both::Both);
     }
-    threads
+    drop(ctx);
+    registry.wait_empty();
 }
 
-/// Accept until shutdown; returns the session threads still running.
-fn accept_loop(listener: Listener, ctx: &Context, registry: &Registry) -> Vec<JoinHandle<()>> {
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+/// Accept until shutdown.
+fn accept_loop(listener: Listener, ctx: &Context, registry: &Registry) {
     let what = match listener.tls {
         Some(_) => "STOMP over TLS",
         None => "STOMP",
@@ -348,12 +370,8 @@ fn accept_loop(listener: Listener, ctx: &Context, registry: &Registry) -> Vec<Jo
                 continue;
             }
         };
-        if let Some(thread) = start_session(stream, &listener.tls, ctx, registry) {
-            threads.push(thread);
-        }
-        threads.retain(|t| !t.is_finished());
+        start_session(stream, &listener.tls, ctx, registry);
     }
-    threads
 }
 
 /// Over `max_connections`: say so in an ERROR frame and close, without starting any thread
@@ -393,23 +411,24 @@ fn start_session(
     tls: &Option<Arc<ServerConfig>>,
     ctx: &Context,
     registry: &Registry,
-) -> Option<JoinHandle<()>> {
+) {
     let accepted = Instant::now();
     let _ = stream.set_nodelay(true);
-    let open_now = registry.open.lock().map(|open| open.len()).unwrap_or(0);
+    let open_now = registry.lock().len();
     if open_now >= ctx.config.max_connections {
         refuse_connection(stream, ctx.config.max_connections, tls.is_some());
-        return None;
+        return;
     }
-    let handle = stream.try_clone().ok()?;
+    let Ok(handle) = stream.try_clone() else {
+        return;
+    };
     let id = registry.last_id.fetch_add(1, Ordering::Relaxed) + 1;
-    if let Ok(mut open) = registry.open.lock() {
-        open.insert(id, handle);
-    }
+    registry.lock().insert(id, handle);
     let ctx = ctx.clone();
-    let registry = registry.clone();
+    let own_registry = registry.clone();
     let tls = tls.clone();
-    std::thread::Builder::new()
+    // Detached: the session leaves the registry as its last act (see `Connections`).
+    let spawned = std::thread::Builder::new()
         .name("conn-reader".to_string())
         .spawn(move || {
             let transport = match tls {
@@ -421,12 +440,14 @@ fn start_session(
                         .ok()
                 }
             };
-            if let Some(transport) = transport {
-                session::serve(id, transport, accepted, ctx);
+            match transport {
+                Some(transport) => session::serve(id, transport, accepted, ctx),
+                None => drop(ctx),
             }
-            if let Ok(mut open) = registry.open.lock() {
-                open.remove(&id);
-            }
-        })
-        .ok()
+            own_registry.leave(id);
+        });
+    if let Err(e) = spawned {
+        log::warn!("connection {id}: could not start its thread: {e}; closing it");
+        registry.leave(id);
+    }
 }

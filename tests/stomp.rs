@@ -502,6 +502,46 @@ fn an_idle_pager_closes_its_connection_and_opens_one_for_the_next_page() {
     assert!(c.try_recv(SHORT).is_none());
 }
 
+/// A connection that ends gives its threads' stacks back at once, not when the next connection
+/// is accepted: after 100 clients connect and leave, with no one connecting after them, the
+/// broker's memory mappings are back near where they were.
+#[test]
+fn ended_connections_leave_no_thread_stacks_behind() {
+    let url = shared_mariadb().create_database();
+    let b = Broker::start(&url, &[]);
+    let maps = || {
+        std::fs::read_to_string(format!("/proc/{}/maps", b.pid()))
+            .expect("the broker's maps")
+            .lines()
+            .count()
+    };
+    let before = maps();
+    let mut clients: Vec<Client> = (0..100).map(|_| Client::connect(b.stomp_port())).collect();
+    let open = maps();
+    // Two threads per connection, each a stack and a guard page at least: the count sees them.
+    assert!(
+        open >= before + 400,
+        "{before} mappings before, {open} with 100 connections"
+    );
+    for c in &mut clients {
+        c.disconnect();
+    }
+    drop(clients);
+    // glibc keeps up to 40 MiB of stacks for reuse (~19 of 2 MiB); 100 kept would be 200+.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let now = maps();
+        if now <= before + 60 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{before} mappings before, {open} with 100 connections, still {now} after they ended"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn topic_subscriber_with_a_small_prefetch_gets_everything_as_it_acks() {
     let b = broker(&[]);
