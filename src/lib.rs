@@ -20,8 +20,10 @@
 //!   body paging.
 //! - `flow_control`: producer flow control: the store backlog budget and full queues, the gates
 //!   a SEND waits at.
-//! - `outbox`: a connection's bounded outgoing queue: delivery window, control credits.
-//! - `session`: one client connection: its reader thread (parse, execute) and writer thread.
+//! - `outbox`: a connection's bounded outgoing queue: delivery window, control credits, direct
+//!   writes of control frames, the writer thread's lazy start.
+//! - `session`: one client connection: its reader thread (parse, execute) and writer thread
+//!   (started when first needed).
 //! - `transport`: a connection's byte stream, plain TCP or TLS: certificate loading, the
 //!   handshake, the TLS state shared by the reader and writer threads.
 //! - `shutdown`: the stop signal every loop checks; wakes the accept loop.

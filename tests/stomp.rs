@@ -502,6 +502,63 @@ fn an_idle_pager_closes_its_connection_and_opens_one_for_the_next_page() {
     assert!(c.try_recv(SHORT).is_none());
 }
 
+/// A connection gets its writer thread only when something must wait to be written: idle and
+/// producing connections (their RECEIPTs written directly) have one thread, a subscriber and a
+/// connection owed heart-beats two.
+#[test]
+fn a_connection_starts_its_writer_thread_only_when_it_needs_one() {
+    let url = shared_mariadb().create_database();
+    let b = Broker::start(&url, &[("HAMQ_HEARTBEAT_SEND_MS", "100")]);
+    let port = b.stomp_port();
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", b.pid()))
+            .expect("the broker's threads")
+            .count()
+    };
+    let until = |want: usize, what: &str| {
+        let deadline = Instant::now() + TIMEOUT;
+        while threads() != want {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} threads, not {want}",
+                threads()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let base = threads();
+    let idle: Vec<Client> = (0..10).map(|_| Client::connect(port)).collect();
+    let mut p = Client::connect(port);
+    for i in 0..50 {
+        p.send_with_receipt("/queue/lazy", format!("m{i}"), &[]);
+    }
+    assert_eq!(threads(), base + 11, "10 idle connections and a producer");
+    let mut c = Client::connect(port);
+    c.subscribe("/queue/lazy", "s", "client-individual", &[]);
+    for i in 0..50 {
+        let m = c.recv(TIMEOUT);
+        assert_eq!(m.text(), format!("m{i}"));
+        c.ack(m.header("ack").unwrap());
+    }
+    assert_eq!(threads(), base + 13, "and a subscriber with its writer");
+    let (beating, reply) = Client::connect_with(
+        port,
+        &[
+            ("accept-version", "1.2"),
+            ("login", "guest"),
+            ("passcode", "guest"),
+            ("heart-beat", "0,100"),
+        ],
+    );
+    assert!(reply.header("heart-beat").unwrap().starts_with("100,"));
+    until(
+        base + 15,
+        "and a connection owed heart-beats, with its writer",
+    );
+    drop((idle, p, c, beating));
+    until(base, "all of them gone");
+}
+
 /// A connection that ends gives its threads' stacks back at once, not when the next connection
 /// is accepted: after 100 clients connect and leave, with no one connecting after them, the
 /// broker's memory mappings are back near where they were.
@@ -518,9 +575,9 @@ fn ended_connections_leave_no_thread_stacks_behind() {
     let before = maps();
     let mut clients: Vec<Client> = (0..100).map(|_| Client::connect(b.stomp_port())).collect();
     let open = maps();
-    // Two threads per connection, each a stack and a guard page at least: the count sees them.
+    // A thread per idle connection, each a stack and a guard page at least: the count sees them.
     assert!(
-        open >= before + 400,
+        open >= before + 200,
         "{before} mappings before, {open} with 100 connections"
     );
     for c in &mut clients {

@@ -96,7 +96,11 @@ impl Session {
             outbox: self.outbox.clone(),
             reply: self.reply_tx.clone(),
         });
-        if registered.is_err() || !self.reserve() || !self.outbox.control(connected) {
+        if registered.is_err() || !self.reserve() || !self.outbox.control(&connected, c.version) {
+            return Flow::Close;
+        }
+        // Heart-beats are the writer thread's to send; otherwise it starts when first needed.
+        if towards_client > 0 && !self.outbox.start_writer() {
             return Flow::Close;
         }
         Flow::Continue
@@ -402,14 +406,14 @@ fn receipt_done(outbox: Outbox, id: String, version: Version) -> Done {
         Ok(()) => {
             let mut frame = Vec::with_capacity(32 + id.len());
             encode(&receipt_frame(&id), version, &mut frame);
-            outbox.receipt(frame);
+            outbox.control_encoded(frame);
         }
         Err(e) => {
             let problem = format!("not stored: {e}");
             let frame = Frame::new("ERROR")
                 .with_header("message", &problem)
                 .with_header("receipt-id", &id);
-            outbox.control(frame);
+            outbox.control(&frame, version);
             outbox.close();
         }
     })

@@ -1,5 +1,6 @@
 //! One client connection: its reader thread (this module: read, decode, execute) and its writer
-//! thread (`writer`: the only one that writes to the socket).
+//! thread (`writer`: writes what is queued in the outbox; started by the outbox when first
+//! needed, see `outbox`).
 //!
 //! The reader parses frames with the codec, turns them into commands, and executes them by
 //! sending owned requests: SENDs, acks and commits to the store writer (whose callbacks queue the
@@ -13,7 +14,7 @@ pub mod writer;
 
 use crate::codec::{Decoded, Decoder, Frame, Limits, Version};
 use crate::config::Config;
-use crate::outbox::{outbox, Outbox};
+use crate::outbox::{outbox, Outbox, StartWriter};
 use crate::router::{Answer, ConnId, Reply, RouterMsg};
 use crate::shutdown::Shutdown;
 use crate::store::{StoreError, StoreOp};
@@ -22,7 +23,6 @@ use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use writer::WriterSettings;
 
@@ -44,7 +44,7 @@ pub struct Context {
 /// How long any single wait lasts before shutdown is checked again.
 const TICK: Duration = Duration::from_millis(200);
 /// A connection's read buffer starts at this size and grows up to the max under load.
-const READ_BUFFER_MIN: usize = 4 * 1024;
+const READ_BUFFER_MIN: usize = 1024;
 const READ_BUFFER_MAX: usize = 64 * 1024;
 /// After an ERROR, how long unread input is drained so the peer gets the ERROR, not a reset.
 const LINGER: Duration = Duration::from_secs(2);
@@ -85,7 +85,7 @@ struct Session {
 
 /// Serve one accepted connection (TLS already handshaken) on this thread until it closes.
 pub fn serve(id: ConnId, stream: Transport, accepted: Instant, ctx: Context) {
-    let (settings, outbox, writer) = match start_writer(&stream, ctx.config.slow_consumer) {
+    let (settings, outbox) = match new_outbox(&stream, ctx.config.slow_consumer) {
         Ok(parts) => parts,
         Err(e) => return log::warn!("connection {id}: could not start its writer: {e}"),
     };
@@ -124,23 +124,29 @@ pub fn serve(id: ConnId, stream: Transport, accepted: Instant, ctx: Context) {
             .send(RouterMsg::Disconnected { conn: id });
     }
     session.outbox.close();
+    let writer = session.outbox.take_writer();
     drop(session);
-    let _ = writer.join();
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
 }
 
-fn start_writer(
+/// The connection's outbox, whose writer thread starts when first needed (at once over TLS).
+fn new_outbox(
     stream: &Transport,
     slow_consumer: Duration,
-) -> std::io::Result<(Arc<WriterSettings>, Outbox, JoinHandle<()>)> {
+) -> std::io::Result<(Arc<WriterSettings>, Outbox)> {
     let direct = matches!(stream, Transport::Plain(_));
-    let (outbox, inbox) = outbox(stream.socket().try_clone()?, direct);
     let settings = Arc::new(WriterSettings::default());
     let write_half = stream.try_clone()?;
     let thread_settings = settings.clone();
-    let writer = std::thread::Builder::new()
-        .name("conn-writer".to_string())
-        .spawn(move || writer::run(write_half, inbox, thread_settings, slow_consumer))?;
-    Ok((settings, outbox, writer))
+    let start: StartWriter = Box::new(move |inbox| {
+        std::thread::Builder::new()
+            .name("conn-writer".to_string())
+            .spawn(move || writer::run(write_half, inbox, thread_settings, slow_consumer))
+    });
+    let outbox = outbox(stream.socket().try_clone()?, direct, start)?;
+    Ok((settings, outbox))
 }
 
 impl Session {
@@ -236,8 +242,8 @@ impl Session {
             frame = frame.with_header("receipt-id", &text(receipt));
         }
         if self.reserve() {
-            self.outbox
-                .control(frame.with_body(problem.as_bytes().to_vec()));
+            let frame = frame.with_body(problem.as_bytes().to_vec());
+            self.outbox.control(&frame, self.control_version());
         }
         self.outbox.close();
         let deadline = Instant::now() + LINGER;
@@ -251,6 +257,11 @@ impl Session {
             }
         }
         Flow::Close
+    }
+
+    /// The version control frames are encoded for: the agreed one, 1.0 before CONNECT.
+    fn control_version(&self) -> Version {
+        self.version.unwrap_or(Version::V1_0)
     }
 
     /// Take a control credit (see `outbox`), waiting while the client does not read its replies.
@@ -267,7 +278,11 @@ impl Session {
     /// Queue a RECEIPT now (for frames whose effect is already done).
     fn receipt_now(&self, receipt: Option<&str>) -> Flow {
         if let Some(id) = receipt {
-            if !self.reserve() || !self.outbox.control(receipt_frame(id)) {
+            if !self.reserve()
+                || !self
+                    .outbox
+                    .control(&receipt_frame(id), self.control_version())
+            {
                 return Flow::Close;
             }
         }

@@ -1,4 +1,5 @@
-//! A connection's writer thread: the only code that writes to the socket.
+//! A connection's writer thread: writes what its outbox queued (control frames that found the
+//! socket idle are written by their sender instead, see `outbox`). Started when first needed.
 //!
 //! Takes `Outgoing` items from the connection's `Inbox` in order, encodes them, and flushes when
 //! the queue is empty (so bursts go out in few syscalls). Sends a heart-beat EOL when nothing was
@@ -9,7 +10,7 @@
 //! elsewhere). On any write error it shuts the socket down, which also ends the reader.
 //! Writes go through `transport` (plain TCP or TLS).
 
-use crate::codec::{encode, Version, HEARTBEAT};
+use crate::codec::{Version, HEARTBEAT};
 use crate::outbox::{Inbox, Outgoing};
 use crate::transport::Transport;
 use crossbeam_channel::RecvTimeoutError;
@@ -95,10 +96,6 @@ pub fn run(
         };
         buf.clear();
         match item {
-            Outgoing::Control(frame) => {
-                encode(&frame, settings.version(), &mut buf);
-                inbox.written_control();
-            }
             Outgoing::Encoded(bytes) => {
                 buf.extend_from_slice(&bytes);
                 inbox.written_control();
