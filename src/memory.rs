@@ -17,9 +17,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// Arenas at most: one for the main thread, one more for all the others.
-pub const ARENAS: i32 = 2;
+const ARENAS: i32 = 2;
 /// How often freed memory is returned.
-pub const TRIM_PERIOD: Duration = Duration::from_secs(2);
+const TRIM_PERIOD: Duration = Duration::from_secs(2);
 
 /// Cap glibc's arenas at `ARENAS`. Call it before starting threads.
 pub fn limit_arenas() {
