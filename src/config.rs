@@ -141,7 +141,7 @@ impl Default for Config {
             max_subscriptions: 1000,
             max_transaction_bytes: 64 * 1024 * 1024,
             max_queue_depth: 0,
-            memory_limit: 32 * 1024 * 1024,
+            memory_limit: 24 * 1024 * 1024,
             lease: Duration::from_secs(10),
         }
     }
