@@ -153,11 +153,12 @@ impl Line {
     /// Start the writer thread unless it was started before. False when it cannot start (the
     /// connection is cut: its reader ends).
     fn start(self: &Arc<Self>, state: &mut LineState) -> bool {
-        if !matches!(state.writer, WriterThread::NotStarted(_)) {
-            return true;
-        }
-        let WriterThread::NotStarted(start) = std::mem::take(&mut state.writer) else {
-            return true;
+        let start = match std::mem::take(&mut state.writer) {
+            WriterThread::NotStarted(start) => start,
+            other => {
+                state.writer = other;
+                return true;
+            }
         };
         match start(Inbox { line: self.clone() }) {
             Ok(thread) => {
