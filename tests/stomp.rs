@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::probe::{mapping_count, thread_count};
 use common::{shared_mariadb, Broker, Client, Frame, TIMEOUT};
 use mysql::prelude::Queryable;
 use std::time::{Duration, Instant};
@@ -510,11 +511,7 @@ fn a_connection_starts_its_writer_thread_only_when_it_needs_one() {
     let url = shared_mariadb().create_database();
     let b = Broker::start(&url, &[("HAMQ_HEARTBEAT_SEND_MS", "100")]);
     let port = b.stomp_port();
-    let threads = || {
-        std::fs::read_dir(format!("/proc/{}/task", b.pid()))
-            .expect("the broker's threads")
-            .count()
-    };
+    let threads = || thread_count(b.pid());
     let until = |want: usize, what: &str| {
         let deadline = Instant::now() + TIMEOUT;
         while threads() != want {
@@ -566,12 +563,7 @@ fn a_connection_starts_its_writer_thread_only_when_it_needs_one() {
 fn ended_connections_leave_no_thread_stacks_behind() {
     let url = shared_mariadb().create_database();
     let b = Broker::start(&url, &[]);
-    let maps = || {
-        std::fs::read_to_string(format!("/proc/{}/maps", b.pid()))
-            .expect("the broker's maps")
-            .lines()
-            .count()
-    };
+    let maps = || mapping_count(b.pid());
     let before = maps();
     let mut clients: Vec<Client> = (0..100).map(|_| Client::connect(b.stomp_port())).collect();
     let open = maps();

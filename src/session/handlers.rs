@@ -152,7 +152,7 @@ impl Session {
                 if !self.reserve() {
                     return Flow::Close;
                 }
-                let version = self.version.unwrap_or(Version::V1_2);
+                let version = self.control_version();
                 Some(receipt_done(self.outbox.clone(), id.to_string(), version))
             }
             None => None,

@@ -57,6 +57,21 @@ pub fn metric(port: u16, name: &str) -> u64 {
         .unwrap_or_else(|e| panic!("{name} is not a number: {e}"))
 }
 
+/// Threads of the live process `pid`.
+pub fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .count()
+}
+
+/// Memory mappings of the live process `pid`.
+pub fn mapping_count(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .expect("the process's maps")
+        .lines()
+        .count()
+}
+
 /// Resident set size of `pid` in KiB (0 once it is gone).
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
