@@ -71,6 +71,9 @@ pub struct Limits {
     pub max_headers: usize,
     /// Largest accepted frame body, in bytes.
     pub max_frame: usize,
+    /// Largest SEND the store can hold in one row: its body plus `stored_header_bytes` of its
+    /// headers (set from the database's `max_allowed_packet`; `usize::MAX` = no such bound).
+    pub max_send: usize,
 }
 
 impl Default for Limits {
@@ -80,8 +83,15 @@ impl Default for Limits {
             max_header_line: 10 * 1024,
             max_headers: 1000,
             max_frame: 10 * 1024 * 1024,
+            max_send: usize::MAX,
         }
     }
+}
+
+/// What a SEND's headers count against `Limits::max_send`: each name and value, and 8 bytes
+/// for their two lengths (the store's encoding of headers; repeats are counted too).
+pub fn stored_header_bytes(headers: &[(String, String)]) -> usize {
+    headers.iter().map(|(n, v)| n.len() + v.len() + 8).sum()
 }
 
 /// What `Decoder::decode` yields: a whole frame, or one EOL received between frames.
@@ -102,6 +112,8 @@ pub enum DecodeError {
     TooManyHeaders { limit: usize },
     /// The body (declared by content-length, or seen so far without one) exceeds `max_frame`.
     BodyTooLarge { length: usize, limit: usize },
+    /// A SEND's body and headers (`stored_header_bytes`) exceed `max_send`.
+    TooLargeToStore { length: usize, limit: usize },
     /// The content-length value is not a non-negative decimal integer.
     InvalidContentLength(String),
     /// A header used an escape other than `\r`, `\n`, `\c`, `\\` (or ended in a lone `\`).
@@ -124,6 +136,11 @@ impl fmt::Display for DecodeError {
             BodyTooLarge { length, limit } => {
                 over(f, &format!("frame body of {length} bytes"), *limit, "bytes")
             }
+            TooLargeToStore { length, limit } => write!(
+                f,
+                "SEND of {length} bytes (body and headers) exceeds the limit of {limit} bytes \
+                 that the store can hold in one message, set by the database's max_allowed_packet"
+            ),
             InvalidContentLength(v) => {
                 write!(f, "content-length {v:?} is not a non-negative integer")
             }
@@ -162,7 +179,33 @@ fn escapes_headers(command: &str, version: Version) -> bool {
 enum State {
     Command,
     Headers,
-    Body { length: Option<usize> },
+    Body {
+        length: Option<usize>,
+        limit: BodyLimit,
+    },
+}
+
+/// The largest body of the frame being read, and which limit sets it.
+#[derive(Clone, Copy, Debug)]
+struct BodyLimit {
+    max: usize,
+    /// Set when `max_send` is the tighter bound: the header bytes counted against it.
+    headers: Option<usize>,
+}
+
+impl BodyLimit {
+    fn exceeded(self, body: usize, limits: &Limits) -> DecodeError {
+        match self.headers {
+            Some(headers) => DecodeError::TooLargeToStore {
+                length: headers.saturating_add(body),
+                limit: limits.max_send,
+            },
+            None => DecodeError::BodyTooLarge {
+                length: body,
+                limit: self.max,
+            },
+        }
+    }
 }
 
 /// Incremental frame decoder. Holds only the unconsumed bytes plus the frame being built.
@@ -258,8 +301,9 @@ impl Decoder {
                         .ok_or(DecodeError::HeaderLineTooLong { limit })?;
                     let Some((a, b)) = line else { return Ok(None) };
                     if a == b {
-                        let length = self.content_length()?;
-                        self.state = State::Body { length };
+                        let limit = self.body_limit();
+                        let length = self.content_length(limit)?;
+                        self.state = State::Body { length, limit };
                         continue;
                     }
                     let limit = self.limits.max_headers;
@@ -269,7 +313,7 @@ impl Decoder {
                     let header = self.parse_header(&self.buf[a..b])?;
                     self.headers.push(header);
                 }
-                State::Body { length } => return self.read_body(length),
+                State::Body { length, limit } => return self.read_body(length, limit),
             }
         }
     }
@@ -316,8 +360,24 @@ impl Decoder {
         }
     }
 
+    /// `max_frame`, or for a SEND whose headers leave less room in the store, what they leave.
+    fn body_limit(&self) -> BodyLimit {
+        let max = self.limits.max_frame;
+        if self.command != "SEND" || self.limits.max_send == usize::MAX {
+            return BodyLimit { max, headers: None };
+        }
+        let headers = stored_header_bytes(&self.headers);
+        match self.limits.max_send.saturating_sub(headers) {
+            room if room < max => BodyLimit {
+                max: room,
+                headers: Some(headers),
+            },
+            _ => BodyLimit { max, headers: None },
+        }
+    }
+
     /// Checks the declared length against the limit before any body byte is buffered.
-    fn content_length(&self) -> Result<Option<usize>, DecodeError> {
+    fn content_length(&self, limit: BodyLimit) -> Result<Option<usize>, DecodeError> {
         let Some((_, raw)) = self.headers.iter().find(|(n, _)| n == "content-length") else {
             return Ok(None);
         };
@@ -327,16 +387,19 @@ impl Decoder {
             return Err(DecodeError::InvalidContentLength(raw.clone()));
         }
         // All digits, so a parse failure can only be overflow: certainly too large.
-        let (length, limit) = (value.parse().unwrap_or(usize::MAX), self.limits.max_frame);
-        if length > limit {
-            return Err(DecodeError::BodyTooLarge { length, limit });
+        let length = value.parse().unwrap_or(usize::MAX);
+        if length > limit.max {
+            return Err(limit.exceeded(length, &self.limits));
         }
         Ok(Some(length))
     }
 
-    fn read_body(&mut self, length: Option<usize>) -> Result<Option<Decoded>, DecodeError> {
-        let limit = self.limits.max_frame;
-        let too_large = |length| Err(DecodeError::BodyTooLarge { length, limit });
+    fn read_body(
+        &mut self,
+        length: Option<usize>,
+        limit: BodyLimit,
+    ) -> Result<Option<Decoded>, DecodeError> {
+        let too_large = |length| Err(limit.exceeded(length, &self.limits));
         let available = self.buf.len() - self.start;
         let body_len = match length {
             Some(n) if available <= n => return Ok(None),
@@ -346,7 +409,7 @@ impl Decoder {
                 Some(offset) => self.scan + offset - self.start,
                 None => {
                     self.scan = self.buf.len();
-                    return if available > limit {
+                    return if available > limit.max {
                         too_large(available)
                     } else {
                         Ok(None)
@@ -354,7 +417,7 @@ impl Decoder {
                 }
             },
         };
-        if body_len > limit {
+        if body_len > limit.max {
             return too_large(body_len);
         }
         let body = self.buf[self.start..self.start + body_len].to_vec();
@@ -604,6 +667,7 @@ mod tests {
             max_header_line: 20,
             max_headers: 2,
             max_frame: 10,
+            max_send: usize::MAX,
         }
     }
 
@@ -677,6 +741,50 @@ mod tests {
         d.feed(b"SEND\ndestination:/q\ncontent-length:20971520\n\n");
         assert_eq!(d.decode(), Err(too_large(20971520, 10485760)));
         assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn a_send_the_store_cannot_hold_fails_before_its_body_at_the_exact_byte() {
+        let limits = Limits {
+            max_send: 100,
+            ..Limits::default()
+        };
+        // destination:/q costs 11 + 2 + 8 = 21, content-length:NN costs 14 + 2 + 8 = 24.
+        let frame = |body: usize| {
+            let mut f = format!("SEND\ndestination:/q\ncontent-length:{body:02}\n\n").into_bytes();
+            f.extend(std::iter::repeat_n(b'x', body));
+            f.push(0);
+            f
+        };
+        assert_eq!(run(&[&frame(55)], V1_2, limits).unwrap().len(), 1);
+        let mut d = Decoder::new(limits);
+        d.feed(&frame(56)[..39]);
+        let err = d.decode().unwrap_err();
+        assert_eq!(
+            err,
+            TooLargeToStore {
+                length: 101,
+                limit: 100
+            }
+        );
+        assert!(err.to_string().contains("max_allowed_packet"), "{err}");
+        // Without content-length the body is measured as it arrives.
+        let open = b"SEND\ndestination:/q\n\n";
+        let ok = [&open[..], &[b'y'; 79], b"\0"].concat();
+        assert_eq!(run(&[&ok], V1_2, limits).unwrap().len(), 1);
+        let over = [&open[..], &[b'y'; 80], b"\0"].concat();
+        assert!(matches!(
+            run(&[&over], V1_2, limits),
+            Err(TooLargeToStore { length: 101, .. })
+        ));
+        // Other frames keep the frame limit, and so does a SEND whose frame limit is tighter.
+        let subscribe = [&b"SUBSCRIBE\ndestination:/q\n\n"[..], &[b'z'; 200], b"\0"].concat();
+        assert_eq!(run(&[&subscribe], V1_2, limits).unwrap().len(), 1);
+        let both = Limits {
+            max_frame: 10,
+            ..limits
+        };
+        assert_eq!(run(&[&frame(11)], V1_2, both), Err(too_large(11, 10)));
     }
 
     #[test]

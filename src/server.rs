@@ -10,6 +10,7 @@
 //! until a join).
 
 use crate::auth::Authenticator;
+use crate::codec;
 use crate::config::Config;
 use crate::election::{self, Election, Role, RoleInfo};
 use crate::flow_control::{FlowControl, STORE_BACKLOG_BYTES};
@@ -19,7 +20,7 @@ use crate::router::{Limits, Router, RouterMsg, INBOX_DEPTH};
 use crate::session::{self, Context};
 use crate::shutdown::Shutdown;
 use crate::status;
-use crate::store::{self, lock, Committed, Fence, StoreError};
+use crate::store::{self, Committed, Fence, StoreError};
 use crate::transport::{self, Transport};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use mysql::Conn;
@@ -136,7 +137,7 @@ fn serve(
     shared: &status::Shared,
 ) -> Result<(), String> {
     let mut conn = store_conn(config).map_err(|e| e.to_string())?;
-    let epoch = lock::take_over(&mut conn, &config.name, now_ms()).map_err(|e| e.to_string())?;
+    let epoch = store::take_over(&mut conn, &config.name, now_ms()).map_err(|e| e.to_string())?;
     log::info!("acquired the lock (epoch {epoch})");
     shared.role.set(RoleInfo {
         master: true,
@@ -144,6 +145,8 @@ fn serve(
         holder: config.name.clone(),
     });
     store::prepare(&mut conn).map_err(|e| e.to_string())?;
+    let max_packet = store::max_allowed_packet(&mut conn).map_err(|e| e.to_string())?;
+    let frame_limits = frame_limits(config, max_packet);
     let recovered = store::recover(&mut conn).map_err(|e| e.to_string())?;
     let queued: usize = recovered
         .queues
@@ -156,10 +159,18 @@ fn serve(
         "recovered {count} messages in {} destinations",
         count_destinations(&recovered)
     );
-    let pipeline = Pipeline::start(config, shutdown, conn, epoch, recovered, shared)?;
+    let pipeline = Pipeline::start(
+        config,
+        shutdown,
+        (conn, max_packet),
+        epoch,
+        recovered,
+        shared,
+    )?;
     set_router(shared, Some(pipeline.router.clone()));
     let ctx = Context {
         config: config.clone(),
+        frame_limits,
         router: pipeline.router.clone(),
         store: pipeline.writer.ops.clone(),
         shutdown: shutdown.clone(),
@@ -189,10 +200,11 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// `conn` is the store writer's, with its server's `max_allowed_packet`.
     fn start(
         config: &Arc<Config>,
         shutdown: &Arc<Shutdown>,
-        conn: Conn,
+        (conn, max_packet): (Conn, usize),
         epoch: u64,
         recovered: store::Recovered,
         shared: &status::Shared,
@@ -211,6 +223,7 @@ impl Pipeline {
             conn,
             fence,
             (&recovered.durables, recovered.next_id),
+            max_packet,
             (shared.store.clone(), shared.flow.clone()),
             forward,
             on_failure,
@@ -253,6 +266,26 @@ impl Pipeline {
         drop(self.writer.ops);
         let _ = self.writer.thread.join();
         self.trimmer.stop();
+    }
+}
+
+/// The decoder's limits: the configured ones, and a SEND's bound from the database's packet
+/// limit, logged once (a frame over it is refused before its body is read, naming the limit).
+fn frame_limits(config: &Config, max_packet: usize) -> codec::Limits {
+    let max_send = store::max_send(max_packet);
+    log::info!(
+        "a SEND may carry {max_send} bytes of body and headers: the database's \
+         max_allowed_packet is {max_packet}, less {} for the rest of the row; bodies are \
+         also bounded by max_frame = {}",
+        max_packet - max_send,
+        config.max_frame
+    );
+    codec::Limits {
+        max_command_line: config.max_command_line,
+        max_header_line: config.max_header_line,
+        max_headers: config.max_headers,
+        max_frame: config.max_frame,
+        max_send,
     }
 }
 

@@ -43,6 +43,7 @@ fn parse_settings(line: &str) -> Settings {
                     max_header_line: n[1],
                     max_headers: n[2],
                     max_frame: n[3],
+                    max_send: n.get(4).copied().unwrap_or(usize::MAX),
                 };
             }
             Some(("version", v)) => {
@@ -143,6 +144,7 @@ fn check_round_trip(frame: &Frame, version: Version, name: &str) {
         max_header_line: usize::MAX,
         max_headers: usize::MAX,
         max_frame: usize::MAX,
+        max_send: usize::MAX,
     });
     decoder.set_version(version);
     decoder.feed(&bytes);

@@ -3,7 +3,8 @@
 //! The input's first 10 bytes choose the settings, the rest is the byte stream (raw, so that
 //! the dictionary `stomp.dict` and libFuzzer's comparisons work on it directly):
 //! - byte 0: bit 0 small limits (else the broker's defaults), bit 1 negotiate (start as 1.0 and
-//!   switch after the first CONNECT/STOMP, as a session does), bits 2-3 the version (mod 3);
+//!   switch after the first CONNECT/STOMP, as a session does), bits 2-3 the version (mod 3),
+//!   bit 4 (with bit 0) a store bound on SENDs (`max_send`) as well;
 //! - bytes 1-5: the small limits, each + 1 (command line, header line, headers: one byte each;
 //!   body: two bytes, little-endian);
 //! - bytes 6-9: chunk sizes the stream arrives in, cycled (0 means 1).
@@ -36,11 +37,17 @@ impl<'a> Input<'a> {
         let n = data.len().min(head.len());
         head[..n].copy_from_slice(&data[..n]);
         let limits = if head[0] & 1 == 1 {
+            let max_frame = usize::from(u16::from_le_bytes([head[4], head[5]])) + 1;
             Limits {
                 max_command_line: usize::from(head[1]) + 1,
                 max_header_line: usize::from(head[2]) + 1,
                 max_headers: usize::from(head[3]) + 1,
-                max_frame: usize::from(u16::from_le_bytes([head[4], head[5]])) + 1,
+                max_frame,
+                // Bit 4: a store bound on SENDs too, tighter than the frame's or not.
+                max_send: match head[0] & 16 {
+                    0 => usize::MAX,
+                    _ => max_frame / 2 + usize::from(head[3]),
+                },
             }
         } else {
             Limits::default()
@@ -132,6 +139,7 @@ fn decode_all(bytes: &[u8], version: Version) -> Result<Vec<Decoded>, DecodeErro
         max_header_line: usize::MAX,
         max_headers: usize::MAX,
         max_frame: usize::MAX,
+        max_send: usize::MAX,
     });
     decoder.set_version(version);
     decoder.feed(bytes);

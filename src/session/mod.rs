@@ -30,6 +30,9 @@ use writer::WriterSettings;
 #[derive(Clone)]
 pub struct Context {
     pub config: Arc<Config>,
+    /// The decoder's limits: the configured ones, and the store's bound on a SEND
+    /// (`Limits::max_send`, from the database's `max_allowed_packet`).
+    pub frame_limits: Limits,
     pub router: Sender<RouterMsg>,
     pub store: Sender<StoreOp>,
     pub shutdown: Arc<Shutdown>,
@@ -91,7 +94,7 @@ pub fn serve(id: ConnId, stream: Transport, accepted: Instant, ctx: Context) {
     };
     let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
     let (store_tx, store_rx) = crossbeam_channel::bounded(1);
-    let config = ctx.config.clone();
+    let ctx_limits = ctx.frame_limits;
     let mut session = Session {
         id,
         ctx,
@@ -99,12 +102,7 @@ pub fn serve(id: ConnId, stream: Transport, accepted: Instant, ctx: Context) {
         accepted,
         outbox,
         settings,
-        decoder: Decoder::new(Limits {
-            max_command_line: config.max_command_line,
-            max_header_line: config.max_header_line,
-            max_headers: config.max_headers,
-            max_frame: config.max_frame,
-        }),
+        decoder: Decoder::new(ctx_limits),
         version: None,
         user: None,
         client_id: None,

@@ -1,98 +1,290 @@
-//! Applying one store operation inside the writer's batch transaction: the SQL of inserting,
-//! removing, counting redeliveries, dead-lettering and durable subscriptions. Runs on the
-//! store-writer thread, called only by `writer`.
+//! One batch's operations as SQL: what the writer replays (`Work`), giving messages their ids,
+//! inserting, removing, counting redeliveries, dead-lettering and durable subscriptions inside
+//! the batch's transaction. Runs on the store-writer thread, called only by `writer`; it knows
+//! nothing of the writer's loop, its queue or its retries.
+//!
+//! Every operation is applied by reference, so a batch whose transaction failed on one
+//! operation's data can be applied again without it: ids are given afresh on each attempt (a
+//! failed attempt only leaves gaps), and the in-memory index of durable subscriptions is the
+//! caller's to restore.
 
-use super::writer::{push_messages, transient, Durables, Outcome};
-use super::{column, encode_headers, Committed, DurableRow, StoreError, StoreOp, Target};
+use super::{
+    column, encode_headers, encoded_headers_len, Committed, DurableRow, StoreError, StoreOp, Target,
+};
 use crate::message::{Message, NON_PERSISTENT_BIT};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Transaction, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Most message rows in one INSERT statement.
 const ROWS_PER_INSERT: usize = 64;
-/// A statement takes no further row once its bodies reach this many bytes (well under the
-/// smallest default `max_allowed_packet`, MySQL 5.7's 4 MiB); a larger body goes alone.
+/// A statement takes no further row once its rows reach this many bytes (or what the server's
+/// `max_allowed_packet` leaves, if less); a larger row goes alone.
 const BYTES_PER_INSERT: usize = 1024 * 1024;
 /// Most durable entries in one INSERT statement.
 const ENTRIES_PER_INSERT: usize = 256;
+/// Bytes of a message row's statement beyond its body and headers: both destinations (up to
+/// 1,020 bytes each in utf8mb4), the fixed columns, length prefixes and the statement's own
+/// fields. A row of body and headers up to `max_allowed_packet - ROW_OVERHEAD` always fits.
+pub const ROW_OVERHEAD: usize = 4096;
 
-/// One operation applied inside the batch's transaction.
-pub(super) struct Apply<'a, 'b, 'c> {
-    pub(super) tx: &'a mut Transaction<'b>,
-    /// The durable subscriptions (kept in step with the rows written here).
-    pub(super) durables: &'c mut Durables,
-    pub(super) next_id: &'c mut u64,
-    pub(super) next_transient: &'c mut u64,
+/// A store operation as a batch holds it: a `StoreOp` without its callback, its SENDs shared so
+/// that each attempt can give them ids in place without copying a body.
+pub(super) enum Work {
+    Commit {
+        sends: Vec<Arc<Message>>,
+        removals: Vec<Target>,
+    },
+    Redelivered {
+        target: Target,
+        count: u32,
+    },
+    DeadLetter {
+        target: Target,
+        message: Arc<Message>,
+        dlq: String,
+    },
+    CreateDurable {
+        client_id: String,
+        name: String,
+        topic: String,
+    },
+    DeleteDurable {
+        id: u64,
+    },
+    Purge {
+        ids: Vec<u64>,
+    },
 }
 
-impl Apply<'_, '_, '_> {
-    /// SENDs and removals only gather rows; any other operation first writes what was
-    /// gathered, so the statements run in the order of the operations they stand for.
-    pub(super) fn apply(&mut self, op: StoreOp, out: &mut Outcome) -> Result<(), StoreError> {
-        if !matches!(op, StoreOp::Commit { .. }) {
-            write_rows(self.tx, out)?;
-        }
+impl Work {
+    /// The operation and its callback (`Done`), apart.
+    pub(super) fn from_op(op: StoreOp) -> (Work, Option<super::Done>) {
         match op {
             StoreOp::Commit {
                 sends,
                 removals,
                 done,
             } => {
-                out.dones.extend(done);
-                let routed = sends
-                    .into_iter()
-                    .map(|message| self.insert(message, out))
-                    .collect();
-                for target in removals {
-                    self.remove(target, out)?;
-                }
-                push_messages(out, routed);
+                let sends = sends.into_iter().map(Arc::new).collect();
+                (Work::Commit { sends, removals }, done)
             }
-            StoreOp::Redelivered { target, count } => self.redelivered(target, count)?,
+            StoreOp::Redelivered { target, count } => (Work::Redelivered { target, count }, None),
             StoreOp::DeadLetter {
                 target,
                 message,
                 dlq,
-            } => {
-                let moved = self.dead_letter(target, &message, dlq, out)?;
-                push_messages(out, moved.into_iter().map(Arc::new).collect());
-            }
+            } => (
+                Work::DeadLetter {
+                    target,
+                    message,
+                    dlq,
+                },
+                None,
+            ),
             StoreOp::CreateDurable {
                 client_id,
                 name,
                 topic,
                 done,
+            } => (
+                Work::CreateDurable {
+                    client_id,
+                    name,
+                    topic,
+                },
+                Some(done),
+            ),
+            StoreOp::DeleteDurable { id } => (Work::DeleteDurable { id }, None),
+            StoreOp::Purge { ids } => (Work::Purge { ids }, None),
+        }
+    }
+
+    /// The flow-control weight its SENDs took when admitted.
+    pub(super) fn weight(&self) -> usize {
+        match self {
+            Work::Commit { sends, .. } => sends.iter().map(|m| m.weight()).sum(),
+            _ => 0,
+        }
+    }
+
+    /// Whether applying it changes the index of durable subscriptions.
+    pub(super) fn changes_durables(&self) -> bool {
+        matches!(
+            self,
+            Work::CreateDurable { .. } | Work::DeleteDurable { .. }
+        )
+    }
+
+    /// Whether it has nothing to write: SENDs that all stay in memory, or a receipt barrier.
+    pub(super) fn stays_in_memory(&self, durables: &Durables) -> bool {
+        match self {
+            Work::Commit { sends, removals } => {
+                removals.is_empty() && sends.iter().all(|m| transient(m, durables))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Durable subscriptions by id and by topic, kept in step with the rows written.
+#[derive(Clone, Default)]
+pub(super) struct Durables {
+    topic_of: HashMap<u64, String>,
+    subs_of: HashMap<String, Vec<u64>>,
+}
+
+impl Durables {
+    pub(super) fn from_rows(rows: &[DurableRow]) -> Durables {
+        let mut durables = Durables::default();
+        for row in rows {
+            durables.insert(row.id, row.topic.clone());
+        }
+        durables
+    }
+
+    fn topic(&self, id: u64) -> Option<&String> {
+        self.topic_of.get(&id)
+    }
+
+    /// The subscriptions of `topic`, in id order.
+    fn subscribers(&self, topic: &str) -> &[u64] {
+        self.subs_of.get(topic).map_or(&[], Vec::as_slice)
+    }
+
+    fn insert(&mut self, id: u64, topic: String) {
+        self.remove(id);
+        let subs = self.subs_of.entry(topic.clone()).or_default();
+        let at = subs.partition_point(|&s| s < id);
+        subs.insert(at, id);
+        self.topic_of.insert(id, topic);
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(topic) = self.topic_of.remove(&id) else {
+            return;
+        };
+        if let Some(subs) = self.subs_of.get_mut(&topic) {
+            subs.retain(|&s| s != id);
+            if subs.is_empty() {
+                self.subs_of.remove(&topic);
+            }
+        }
+    }
+}
+
+/// What an attempt at a batch leaves to do once it committed.
+#[derive(Default)]
+pub(super) struct Outcome {
+    /// For the router, in commit order.
+    pub(super) committed: Vec<Committed>,
+    /// Queue message rows to delete, gathered into one statement per batch.
+    deletes: Vec<u64>,
+    /// Message rows to insert, gathered into multi-row statements (`write_rows`).
+    inserts: Vec<Arc<Message>>,
+    /// Durable entries (subscription, message) to insert with them.
+    entries: Vec<(u64, u64)>,
+    /// Message rows written so far in this batch.
+    pub(super) rows_written: u64,
+}
+
+/// The ids the writer hands out: stored messages' (the database's, see `schema::next_message_id`)
+/// and the counter of messages that are not stored.
+pub(super) struct Ids {
+    pub(super) next_id: u64,
+    pub(super) next_transient: u64,
+}
+
+/// Give the SENDs of a batch of operations with nothing to write their ids, and route them.
+pub(super) fn assign_all<'w>(
+    works: impl Iterator<Item = &'w mut Work>,
+    durables: &Durables,
+    ids: &mut Ids,
+    out: &mut Outcome,
+) {
+    for work in works {
+        if let Work::Commit { sends, .. } = work {
+            let routed = sends
+                .iter_mut()
+                .map(|m| assign(m, durables, ids, out))
+                .collect();
+            push_messages(out, routed);
+        }
+    }
+}
+
+/// One operation applied inside the batch's transaction.
+pub(super) struct Apply<'a, 'b, 'c> {
+    pub(super) tx: &'a mut Transaction<'b>,
+    /// The durable subscriptions (kept in step with the rows written here).
+    pub(super) durables: &'c mut Durables,
+    pub(super) ids: &'c mut Ids,
+    /// Bytes one INSERT statement may carry (see `write_rows`).
+    pub(super) max_statement: usize,
+}
+
+impl Apply<'_, '_, '_> {
+    /// SENDs and removals only gather rows; any other operation first writes what was
+    /// gathered, so the statements run in the order of the operations they stand for.
+    pub(super) fn apply(&mut self, work: &mut Work, out: &mut Outcome) -> Result<(), StoreError> {
+        if !matches!(work, Work::Commit { .. }) {
+            self.flush(out)?;
+        }
+        match work {
+            Work::Commit { sends, removals } => {
+                let routed = sends
+                    .iter_mut()
+                    .map(|m| assign(m, self.durables, self.ids, out))
+                    .collect();
+                for target in removals.iter() {
+                    self.remove(*target, out)?;
+                }
+                push_messages(out, routed);
+            }
+            Work::Redelivered { target, count } => self.redelivered(*target, *count)?,
+            Work::DeadLetter {
+                target,
+                message,
+                dlq,
             } => {
-                out.dones.push(done);
+                let moved = self.dead_letter(*target, message, dlq, out)?;
+                push_messages(out, moved.into_iter().map(Arc::new).collect());
+            }
+            Work::CreateDurable {
+                client_id,
+                name,
+                topic,
+            } => {
                 let row = self.create_durable(client_id, name, topic)?;
                 out.committed.push(Committed::Durable(row));
             }
-            StoreOp::DeleteDurable { id } => self.delete_durable(id)?,
-            StoreOp::Purge { ids } => delete_messages(self.tx, &ids)?,
+            Work::DeleteDurable { id } => self.delete_durable(*id)?,
+            Work::Purge { ids } => delete_messages(self.tx, ids)?,
         }
         Ok(())
     }
 
-    fn message_id(&mut self) -> u64 {
-        let id = *self.next_id;
-        *self.next_id += 1;
-        id
+    /// Write the rows gathered so far, then the deletes: the end of every batch.
+    pub(super) fn finish(&mut self, out: &mut Outcome) -> Result<(), StoreError> {
+        self.flush(out)?;
+        delete_messages(self.tx, &std::mem::take(&mut out.deletes))
     }
 
-    fn insert(&mut self, message: Message, out: &mut Outcome) -> Arc<Message> {
-        assign(
-            message,
-            self.durables,
-            (self.next_id, self.next_transient),
-            out,
-        )
+    fn flush(&mut self, out: &mut Outcome) -> Result<(), StoreError> {
+        write_rows(self.tx, out, self.max_statement)
+    }
+
+    fn message_id(&mut self) -> u64 {
+        let id = self.ids.next_id;
+        self.ids.next_id += 1;
+        id
     }
 
     fn last_id(&mut self) -> Result<u64, StoreError> {
         self.tx
             .last_insert_id()
-            .ok_or_else(|| StoreError::Sql("INSERT gave no id".to_string()))
+            .ok_or_else(|| StoreError::sql("INSERT gave no id"))
     }
 
     fn remove(&mut self, target: Target, out: &mut Outcome) -> Result<(), StoreError> {
@@ -132,7 +324,7 @@ impl Apply<'_, '_, '_> {
         &mut self,
         target: Target,
         message: &Message,
-        dlq: String,
+        dlq: &str,
         out: &mut Outcome,
     ) -> Result<Option<Message>, StoreError> {
         let source = match target {
@@ -144,7 +336,7 @@ impl Apply<'_, '_, '_> {
              original_destination, headers, body) SELECT ?, ?, priority, expires, timestamp, \
              COALESCE(original_destination, destination), headers, body \
              FROM hamq_messages WHERE id = ?",
-            (id, &dlq, source),
+            (id, dlq, source),
         )?;
         if self.tx.affected_rows() == 0 {
             return Ok(None);
@@ -164,13 +356,13 @@ impl Apply<'_, '_, '_> {
 
     fn create_durable(
         &mut self,
-        client_id: String,
-        name: String,
-        topic: String,
+        client_id: &str,
+        name: &str,
+        topic: &str,
     ) -> Result<DurableRow, StoreError> {
         let row: Option<mysql::Row> = self.tx.exec_first(
             "SELECT id, topic FROM hamq_durable_subs WHERE client_id = ? AND name = ? FOR UPDATE",
-            (&client_id, &name),
+            (client_id, name),
         )?;
         let existing: Option<(u64, String)> = match row {
             Some(row) => Some((column(&row, 0)?, column(&row, 1)?)),
@@ -184,31 +376,40 @@ impl Apply<'_, '_, '_> {
                 self.drop_entries(id)?;
                 self.tx.exec_drop(
                     "UPDATE hamq_durable_subs SET topic = ? WHERE id = ?",
-                    (&topic, id),
+                    (topic, id),
                 )?;
                 id
             }
-            None => self.insert_durable(&client_id, &name, &topic)?,
+            None => self.insert_durable(client_id, name, topic)?,
         };
-        self.durables.insert(id, topic.clone());
+        self.durables.insert(id, topic.to_string());
         Ok(DurableRow {
             id,
-            client_id,
-            name,
-            topic,
+            client_id: client_id.to_string(),
+            name: name.to_string(),
+            topic: topic.to_string(),
         })
     }
 
+    /// A duplicate key here can only be the client's names: two that the database's collation
+    /// counts as one (a server without a NO PAD collation, see `schema::name_collation`).
     fn insert_durable(
         &mut self,
         client_id: &str,
         name: &str,
         topic: &str,
     ) -> Result<u64, StoreError> {
-        self.tx.exec_drop(
-            "INSERT INTO hamq_durable_subs (client_id, name, topic) VALUES (?, ?, ?)",
-            (client_id, name, topic),
-        )?;
+        self.tx
+            .exec_drop(
+                "INSERT INTO hamq_durable_subs (client_id, name, topic) VALUES (?, ?, ?)",
+                (client_id, name, topic),
+            )
+            .map_err(|e| {
+                StoreError::from(e).duplicate_name(
+                    "the database takes this client-id and subscription name for another \
+                     durable subscription's",
+                )
+            })?;
         self.last_id()
     }
 
@@ -236,28 +437,57 @@ impl Apply<'_, '_, '_> {
     }
 }
 
-/// Give a message its id from `(next_id, next_transient)`. A persistent one (queues, and topics
-/// that have durable subscriptions) joins the rows to insert, with an entry per durable
-/// subscription of its topic; every other message gets a transient id.
-pub(super) fn assign(
-    mut message: Message,
+/// Whether a message is kept in memory only: non-persistent, or a topic message that no
+/// durable subscription will read.
+pub(super) fn transient(message: &Message, durables: &Durables) -> bool {
+    let topic_without_durables = message.destination.starts_with("/topic/")
+        && durables.subscribers(&message.destination).is_empty();
+    !message.persistent || topic_without_durables
+}
+
+/// Give a message its id. A persistent one (queues, and topics that have durable
+/// subscriptions) joins the rows to insert, with an entry per durable subscription of its
+/// topic; every other message gets a transient id. Only the writer holds the message while a
+/// batch is tried, so setting the id copies nothing.
+fn assign(
+    message: &mut Arc<Message>,
     durables: &Durables,
-    (next_id, next_transient): (&mut u64, &mut u64),
+    ids: &mut Ids,
     out: &mut Outcome,
 ) -> Arc<Message> {
-    if transient(&message, durables) {
-        *next_transient += 1;
-        message.id = NON_PERSISTENT_BIT | *next_transient;
-        return Arc::new(message);
+    let stored = !transient(message, durables);
+    let m = Arc::make_mut(message);
+    if !stored {
+        ids.next_transient += 1;
+        m.id = NON_PERSISTENT_BIT | ids.next_transient;
+        return message.clone();
     }
-    message.id = *next_id;
-    *next_id += 1;
-    let subscribers = durables.subscribers(&message.destination);
+    m.id = ids.next_id;
+    ids.next_id += 1;
+    let subscribers = durables.subscribers(&m.destination);
     out.entries
-        .extend(subscribers.iter().map(|&sub| (sub, message.id)));
-    let message = Arc::new(message);
+        .extend(subscribers.iter().map(|&sub| (sub, m.id)));
     out.inserts.push(message.clone());
-    message
+    message.clone()
+}
+
+/// Consecutive messages travel to the router as one `Committed::Messages`.
+fn push_messages(out: &mut Outcome, messages: Vec<Arc<Message>>) {
+    if messages.is_empty() {
+        return;
+    }
+    if let Some(Committed::Messages(last)) = out.committed.last_mut() {
+        last.extend(messages);
+    } else {
+        out.committed.push(Committed::Messages(messages));
+    }
+}
+
+/// The one stored row of a batch (see `insert_fenced`), taken from the gathered inserts.
+pub(super) fn only_row(out: &mut Outcome) -> Option<Arc<Message>> {
+    let row = out.inserts.pop();
+    out.inserts.clear();
+    row
 }
 
 /// Write `message` in ONE autocommitted statement that fences itself:
@@ -285,17 +515,36 @@ pub(super) fn insert_fenced(
     Ok(conn.affected_rows() == 1)
 }
 
+/// Bytes a message row adds to an INSERT statement (see `ROW_OVERHEAD` for the whole bound).
+fn row_bytes(m: &Message) -> usize {
+    m.body.len()
+        + encoded_headers_len(&m.headers)
+        + m.destination.len()
+        + m.original_destination.as_ref().map_or(0, String::len)
+        + 64
+}
+
 /// Write the gathered message rows and durable entries: multi-row INSERTs with the ids the
-/// writer assigned, so a batch of N SENDs costs a statement or a few, not N round trips.
-pub(super) fn write_rows(tx: &mut Transaction<'_>, out: &mut Outcome) -> Result<(), StoreError> {
+/// writer assigned, so a batch of N SENDs costs a statement or a few, not N round trips. A
+/// statement stays within `max_statement` bytes (the first row of each always goes: the
+/// session refused any row the server could not take).
+fn write_rows(
+    tx: &mut Transaction<'_>,
+    out: &mut Outcome,
+    max_statement: usize,
+) -> Result<(), StoreError> {
     let rows = std::mem::take(&mut out.inserts);
+    let budget = max_statement.min(BYTES_PER_INSERT);
     let mut rest = rows.as_slice();
     while !rest.is_empty() {
-        let mut take = 0;
-        let mut bytes = 0;
-        while take < rest.len() && take < ROWS_PER_INSERT && (take == 0 || bytes < BYTES_PER_INSERT)
-        {
-            bytes += rest[take].body.len();
+        let mut take = 1;
+        let mut bytes = row_bytes(&rest[0]);
+        while take < rest.len() && take < ROWS_PER_INSERT {
+            let more = row_bytes(&rest[take]);
+            if bytes + more > budget {
+                break;
+            }
+            bytes += more;
             take += 1;
         }
         let (chunk, tail) = rest.split_at(take);
@@ -350,7 +599,7 @@ fn placeholders(rows: usize, columns: usize) -> String {
 
 /// One `DELETE ... IN (...)` per chunk instead of a round trip per acknowledged or purged
 /// message. The ids are numbers formatted by us, never client text.
-pub(super) fn delete_messages(tx: &mut Transaction<'_>, ids: &[u64]) -> Result<(), StoreError> {
+fn delete_messages(tx: &mut Transaction<'_>, ids: &[u64]) -> Result<(), StoreError> {
     for chunk in ids.chunks(500) {
         let list: Vec<String> = chunk.iter().map(u64::to_string).collect();
         tx.query_drop(format!(

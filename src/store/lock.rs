@@ -20,16 +20,17 @@ const LOCK_NOWAIT: u16 = 3572;
 const BOOTSTRAP: &[(&str, &str)] = &[
     (
         "hamq_lock",
-        "CREATE TABLE IF NOT EXISTS hamq_lock (id TINYINT UNSIGNED NOT NULL PRIMARY KEY) ENGINE=InnoDB",
+        "CREATE TABLE IF NOT EXISTS hamq_lock (id TINYINT UNSIGNED NOT NULL PRIMARY KEY) \
+         ENGINE=InnoDB DEFAULT {names}",
     ),
     (
         "hamq_epoch",
         "CREATE TABLE IF NOT EXISTS hamq_epoch (
             id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
             epoch BIGINT UNSIGNED NOT NULL,
-            holder VARCHAR(255) NOT NULL,
+            holder VARCHAR(255) {names} NOT NULL,
             since BIGINT NOT NULL
-        ) ENGINE=InnoDB",
+        ) ENGINE=InnoDB DEFAULT {names}",
     ),
 ];
 
@@ -44,7 +45,8 @@ pub fn bootstrap(conn: &mut Conn) -> Result<(), StoreError> {
         )?;
         let exists = row.map(|r| column::<u64>(&r, 0)).transpose()?.unwrap_or(0) > 0;
         if !exists {
-            conn.query_drop(create)?;
+            let collation = super::schema::name_collation(conn)?;
+            conn.query_drop(super::schema::with_names(create, collation))?;
             log::info!("created table {table}");
         }
     }

@@ -1,19 +1,23 @@
-//! All SQL: connecting, the lock and epoch (`lock`), the schema and recovery (`schema`), the
-//! group-commit writer (`writer`, with each operation's SQL in `apply`) and the body pager
-//! (`pager`).
+//! All SQL: connecting (with session settings that do not depend on the server's defaults),
+//! the lock and epoch (`lock`), the schema, its utf8mb4 conversion and recovery (`schema`), the
+//! group-commit writer (`writer`, with each operation's SQL in `apply`), the body pager
+//! (`pager`), and the one error type with the classification of MySQL errors (`error`).
 //!
-//! `connect`, `prepare` and `recover` run on the server thread before any client is served; the
-//! writer runs on its own thread. Nothing here knows sessions or the router: results leave through
-//! callbacks (`Done`) and a forwarding function handed in by the server, so arrows point one way.
-//! Every write transaction goes through `writer::Writer::commit_batch`, the one place where the
-//! fencing check of master/slave will go.
+//! `connect`, `take_over`, `prepare` and `recover` run on the server thread before any client is
+//! served; the writer runs on its own thread. Nothing here knows sessions or the router: results
+//! leave through callbacks (`Done`) and a forwarding function handed in by the server, so arrows
+//! point one way. Every write transaction goes through `writer::Writer::attempt`, which fences
+//! it with the epoch. Inside: `writer` -> `apply` -> `lock`, `error`; `schema` and `lock` are
+//! used by `writer` and by the functions here.
 
 mod apply;
+mod error;
 pub mod lock;
 mod pager;
 mod schema;
 mod writer;
 
+pub use error::{Rejection, StoreError};
 pub use pager::{spawn_pager, Connector, PageForward, PageRequest, Paged};
 pub use writer::{spawn_writer, Fence, WriterHandle, WriterStats};
 
@@ -22,7 +26,6 @@ use crate::queue::{PagedMeta, Queue};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder, SslOpts};
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,68 +104,6 @@ pub struct Recovered {
     pub next_id: u64,
 }
 
-/// Errors at the store boundary.
-#[derive(Clone, Debug)]
-pub enum StoreError {
-    /// The server could not be reached or the connection broke (retryable by reconnecting).
-    Unreachable(String),
-    /// The server answered with an error.
-    Sql(String),
-    /// The database is not fit for hamq (wrong engine, newer schema).
-    Unfit(String),
-    /// The writer thread is gone (shutdown or a previous failure).
-    Stopped,
-    /// Another broker took over: the epoch moved on from ours. Nothing may be written.
-    Deposed { ours: u64, current: u64 },
-    /// COMMIT was sent but not confirmed: the batch may or may not have committed.
-    Unconfirmed(String),
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreError::Unreachable(e) => write!(f, "datastore unreachable: {e}"),
-            StoreError::Sql(e) => write!(f, "datastore error: {e}"),
-            StoreError::Unfit(e) => write!(f, "datastore not usable: {e}"),
-            StoreError::Stopped => write!(f, "store writer stopped"),
-            StoreError::Unconfirmed(e) => {
-                write!(
-                    f,
-                    "the commit was not confirmed, it may or may not have happened: {e}"
-                )
-            }
-            StoreError::Deposed { ours, current } => write!(
-                f,
-                "deposed: the datastore's epoch is {current}, ours was {ours}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {}
-
-impl From<mysql::Error> for StoreError {
-    fn from(e: mysql::Error) -> StoreError {
-        use std::io::ErrorKind;
-        let io_kind = match &e {
-            mysql::Error::IoError(io) => Some(io.kind()),
-            mysql::Error::CodecError(codec) => std::error::Error::source(codec)
-                .and_then(|s| s.downcast_ref::<std::io::Error>())
-                .map(std::io::Error::kind),
-            _ => None,
-        };
-        if matches!(io_kind, Some(ErrorKind::WouldBlock | ErrorKind::TimedOut)) {
-            StoreError::Unreachable(format!(
-                "no answer within the connection's read/write timeout ({e})"
-            ))
-        } else if e.is_connectivity_error() {
-            StoreError::Unreachable(e.to_string())
-        } else {
-            StoreError::Sql(e.to_string())
-        }
-    }
-}
-
 /// Give up a transaction on a broken connection without the `ROLLBACK` its `Drop` would send:
 /// that would wait out another full read timeout before the broker can stop. The server rolls
 /// the transaction back itself when the connection goes; the connection is never used again
@@ -211,7 +152,11 @@ pub fn opts_from_url(url: &str) -> Result<Opts, String> {
 /// Open one connection with bounded socket calls and the session settings of the lease:
 /// `wait_timeout = lease`, so the server drops a connection that goes silent (a frozen or cut-off
 /// master) and with it any lock it held; the owner keeps it busy at shorter intervals.
-/// `io_timeout` bounds every socket read and write; `lock_wait` bounds InnoDB lock waits.
+/// `io_timeout` bounds every socket read and write; `lock_wait` bounds InnoDB row lock waits
+/// and metadata lock waits (a DDL or a read queued behind one).
+///
+/// Nothing of the server's defaults is inherited that hamq's statements depend on (see
+/// `SESSION`): the character set, SQL mode, isolation level and autocommit are set here.
 /// Logs nothing: callers say what it was for.
 pub fn connect(
     url: &str,
@@ -221,16 +166,13 @@ pub fn connect(
 ) -> Result<Conn, StoreError> {
     let opts = opts_from_url(url).map_err(StoreError::Unfit)?;
     let tls = opts.get_ssl_opts().is_some();
-    let init = vec![
-        format!("SET SESSION wait_timeout = {}", lease.as_secs().max(1)),
-        format!(
-            "SET SESSION innodb_lock_wait_timeout = {}",
-            lock_wait.as_secs().max(1)
-        ),
-        // Fencing relies on INSERT ... SELECT locking the epoch row it reads (writer::apply),
-        // which READ COMMITTED would not do: never inherit it from the server's default.
-        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ".to_string(),
-    ];
+    let lock_wait = lock_wait.as_secs().max(1);
+    let mut init: Vec<String> = SESSION.iter().map(|s| s.to_string()).collect();
+    init.push(format!(
+        "SET SESSION wait_timeout = {}, innodb_lock_wait_timeout = {lock_wait}, \
+         lock_wait_timeout = {lock_wait}",
+        lease.as_secs().max(1)
+    ));
     let opts = OptsBuilder::from_opts(opts)
         .tcp_connect_timeout(Some(Duration::from_secs(5)))
         .read_timeout(Some(io_timeout))
@@ -240,14 +182,35 @@ pub fn connect(
     Conn::new(opts).map_err(|e| {
         let denied = matches!(&e, mysql::Error::MySqlError(m) if m.code == ACCESS_DENIED);
         match StoreError::from(e) {
-            StoreError::Sql(text) if denied && !tls => StoreError::Sql(format!(
-                "{text} (MariaDB says this too when it requires secure transport: \
-                 then add require_ssl=true to the datastore URL)"
-            )),
+            StoreError::Sql { code, message } if denied && !tls => StoreError::Sql {
+                code,
+                message: format!(
+                    "{message} (MariaDB says this too when it requires secure transport: \
+                     then add require_ssl=true to the datastore URL)"
+                ),
+            },
             other => other,
         }
     })
 }
+
+/// The session settings of every connection, whatever the server's defaults are:
+/// - utf8mb4 on the wire (`SET NAMES`): a server started with `latin1` (MariaDB up to 11.5,
+///   MySQL 5.7) or with `skip-character-set-client-handshake` would otherwise take a client's
+///   multi-byte text for something else. The tables declare their own character set (`schema`).
+/// - A strict SQL mode of our own: too-long or unstorable values are errors, never silently cut
+///   (`STRICT_ALL_TABLES`), a missing engine is an error, not MyISAM (`NO_ENGINE_SUBSTITUTION`),
+///   and none of the modes that change how our statements parse (`ANSI_QUOTES`,
+///   `NO_BACKSLASH_ESCAPES`, `PIPES_AS_CONCAT`) can come from the server's default.
+/// - REPEATABLE READ: fencing relies on INSERT ... SELECT locking the epoch row it reads
+///   (`apply::insert_fenced`), which READ COMMITTED would not do.
+/// - autocommit on: the lone fenced INSERT is its own transaction; `init_connect` or a global
+///   `autocommit = 0` would leave it open.
+const SESSION: &[&str] = &[
+    "SET NAMES utf8mb4 COLLATE utf8mb4_bin",
+    "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', autocommit = 1",
+    "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+];
 
 /// ER_ACCESS_DENIED_ERROR: wrong credentials, or (MariaDB) a plain connection to a server that
 /// requires TLS.
@@ -269,6 +232,31 @@ pub fn server_description(conn: &mut Conn) -> Result<String, StoreError> {
     Ok(format!("{product} {short}"))
 }
 
+/// The new master's committed epoch bump (see `lock::take_over`), on a store connection while
+/// the election holds the lock. A `hamq_epoch` made by an older hamq is converted to utf8mb4
+/// first, so that any broker name can be written to it.
+pub fn take_over(conn: &mut Conn, name: &str, now_ms: i64) -> Result<u64, StoreError> {
+    let collation = schema::name_collation(conn)?;
+    schema::convert_table(conn, "hamq_epoch", collation)?;
+    lock::take_over(conn, name, now_ms)
+}
+
+/// The server's `max_allowed_packet` as `conn` has it (a session copies the global value when
+/// it connects, so the writer's connection keeps the value read here).
+pub fn max_allowed_packet(conn: &mut Conn) -> Result<usize, StoreError> {
+    let row: Option<mysql::Row> = conn.query_first("SELECT @@SESSION.max_allowed_packet")?;
+    match row {
+        Some(row) => column(&row, 0),
+        None => Err(StoreError::sql("SELECT @@max_allowed_packet gave no row")),
+    }
+}
+
+/// The largest SEND (body plus `codec::stored_header_bytes` of its headers) whose row fits in
+/// one statement under `max_packet`.
+pub fn max_send(max_packet: usize) -> usize {
+    max_packet.saturating_sub(apply::ROW_OVERHEAD)
+}
+
 /// Create or upgrade the schema and check that it is usable (InnoDB, known version).
 pub fn prepare(conn: &mut Conn) -> Result<(), StoreError> {
     schema::prepare(conn)
@@ -287,6 +275,12 @@ fn column<T: mysql::prelude::FromValue>(row: &mysql::Row, index: usize) -> Resul
             "unexpected value in column {index} of a row the store read"
         ))),
     }
+}
+
+/// `encode_headers(headers).len()`, without encoding them (`codec::stored_header_bytes`
+/// counts a SEND's headers the same way before its body is read).
+fn encoded_headers_len(headers: &[(String, String)]) -> usize {
+    headers.iter().map(|(n, v)| n.len() + v.len() + 8).sum()
 }
 
 /// Headers as stored: for each, name length, name, value length, value (lengths as u32 LE).
@@ -359,6 +353,12 @@ mod tests {
         ];
         let bytes = encode_headers(&headers);
         assert_eq!(decode_headers(&bytes).unwrap(), headers);
+        assert_eq!(encoded_headers_len(&headers), bytes.len());
+        assert_eq!(
+            crate::codec::stored_header_bytes(&headers),
+            bytes.len(),
+            "the decoder counts headers as the store encodes them"
+        );
         assert!(decode_headers(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode_headers(&[1, 0]).is_err());
     }

@@ -20,38 +20,113 @@ const TABLES: &[&str] = &[
     "hamq_durable_entries",
 ];
 
+/// The tables, `{names}` standing for the character set and collation of names (see
+/// `name_collation`). Every text column is utf8mb4 with a binary collation, whatever the server's
+/// or the database's default: `/queue/A` and `/queue/a` are two destinations (as in ActiveMQ), and
+/// a name in any script is stored as it was sent. DYNAMIC rows, so that the unique key of two
+/// utf8mb4 names (2,040 bytes) fits whatever `innodb_default_row_format` says.
 const CREATE: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS hamq_schema (
         version INT UNSIGNED NOT NULL
-    ) ENGINE=InnoDB",
+    ) ENGINE=InnoDB DEFAULT {names}",
     "CREATE TABLE IF NOT EXISTS hamq_messages (
         id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-        destination VARCHAR(255) NOT NULL,
+        destination VARCHAR(255) {names} NOT NULL,
         priority TINYINT UNSIGNED NOT NULL,
         expires BIGINT NOT NULL,
         timestamp BIGINT NOT NULL,
         redeliveries INT UNSIGNED NOT NULL DEFAULT 0,
-        original_destination VARCHAR(255) NULL,
+        original_destination VARCHAR(255) {names} NULL,
         headers MEDIUMBLOB NOT NULL,
         body LONGBLOB NOT NULL,
         KEY by_destination (destination, id)
-    ) ENGINE=InnoDB",
+    ) ENGINE=InnoDB ROW_FORMAT=DYNAMIC DEFAULT {names}",
     "CREATE TABLE IF NOT EXISTS hamq_durable_subs (
         id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-        client_id VARCHAR(255) NOT NULL,
-        name VARCHAR(255) NOT NULL,
-        topic VARCHAR(255) NOT NULL,
+        client_id VARCHAR(255) {names} NOT NULL,
+        name VARCHAR(255) {names} NOT NULL,
+        topic VARCHAR(255) {names} NOT NULL,
         UNIQUE KEY by_name (client_id, name),
         KEY by_topic (topic)
-    ) ENGINE=InnoDB",
+    ) ENGINE=InnoDB ROW_FORMAT=DYNAMIC DEFAULT {names}",
     "CREATE TABLE IF NOT EXISTS hamq_durable_entries (
         sub_id BIGINT UNSIGNED NOT NULL,
         msg_id BIGINT UNSIGNED NOT NULL,
         redeliveries INT UNSIGNED NOT NULL DEFAULT 0,
         PRIMARY KEY (sub_id, msg_id),
         KEY by_message (msg_id)
-    ) ENGINE=InnoDB",
+    ) ENGINE=InnoDB DEFAULT {names}",
 ];
+
+/// A table definition with its `{names}` made `CHARACTER SET utf8mb4 COLLATE <collation>`.
+pub(super) fn with_names(definition: &str, collation: &str) -> String {
+    definition.replace(
+        "{names}",
+        &format!("CHARACTER SET utf8mb4 COLLATE {collation}"),
+    )
+}
+
+/// The binary utf8mb4 collation names are stored in: one that compares every byte, trailing
+/// spaces included (NO PAD: `utf8mb4_nopad_bin` on MariaDB, `utf8mb4_0900_bin` on MySQL 8), or
+/// `utf8mb4_bin` where the server has neither (MySQL 5.7; it ignores trailing spaces when
+/// comparing, so there `a` and `a ` name the same durable subscription).
+pub(super) fn name_collation(conn: &mut Conn) -> Result<&'static str, StoreError> {
+    const PREFERRED: [&str; 2] = ["utf8mb4_nopad_bin", "utf8mb4_0900_bin"];
+    let found: Vec<String> = conn.query(
+        "SELECT COLLATION_NAME FROM information_schema.COLLATIONS \
+         WHERE COLLATION_NAME IN ('utf8mb4_nopad_bin', 'utf8mb4_0900_bin')",
+    )?;
+    Ok(PREFERRED
+        .into_iter()
+        .find(|c| found.iter().any(|f| f == c))
+        .unwrap_or("utf8mb4_bin"))
+}
+
+/// Convert a table whose text columns (or default) are not utf8mb4 in `collation`: tables made
+/// by an older hamq took the server's default, `latin1` on many servers. One `ALTER TABLE` per
+/// table, each atomic, checked again at every takeover: a conversion cut short by a crash is
+/// finished by the next master, and one already done costs a look at information_schema. Only
+/// the master runs it (slaves wait on `hamq_lock`, which has no text and is never altered).
+pub(super) fn convert_table(
+    conn: &mut Conn,
+    table: &str,
+    collation: &str,
+) -> Result<(), StoreError> {
+    let found: Vec<Row> = conn.exec(
+        "SELECT COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLLATION_NAME IS NOT NULL \
+         UNION ALL SELECT '(table default)', TABLE_COLLATION FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+        (table, table),
+    )?;
+    let mut old = Vec::new();
+    for row in &found {
+        let column_name: String = column(row, 0)?;
+        let current: String = column::<Option<String>>(row, 1)?.unwrap_or_default();
+        if current != collation {
+            old.push(format!("{column_name} {current}"));
+        }
+    }
+    if old.is_empty() {
+        return Ok(());
+    }
+    let rows: Option<u64> = conn.query_first(format!("SELECT COUNT(*) FROM {table}"))?;
+    log::info!(
+        "converting table {table} to utf8mb4 / {collation} ({} rows; was {})",
+        rows.unwrap_or(0),
+        old.join(", ")
+    );
+    let started = std::time::Instant::now();
+    conn.query_drop(format!(
+        "ALTER TABLE {table} ROW_FORMAT=DYNAMIC, \
+         CONVERT TO CHARACTER SET utf8mb4 COLLATE {collation}"
+    ))?;
+    log::info!(
+        "converted table {table} in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
 
 pub(super) fn prepare(conn: &mut Conn) -> Result<(), StoreError> {
     let innodb: Option<Row> =
@@ -62,10 +137,14 @@ pub(super) fn prepare(conn: &mut Conn) -> Result<(), StoreError> {
             "the server has no InnoDB engine; hamq needs InnoDB".to_string(),
         ));
     }
+    let collation = name_collation(conn)?;
     for statement in CREATE {
-        conn.query_drop(statement)?;
+        conn.query_drop(with_names(statement, collation))?;
     }
     check_engines(conn)?;
+    for table in TABLES {
+        convert_table(conn, table, collation)?;
+    }
     let row: Option<Row> = conn.query_first("SELECT MAX(version) FROM hamq_schema")?;
     let version = match row {
         Some(row) => column::<Option<u32>>(&row, 0)?,
@@ -84,8 +163,9 @@ pub(super) fn prepare(conn: &mut Conn) -> Result<(), StoreError> {
                 "schema version {v} is newer than this hamq ({SCHEMA_VERSION}); upgrade hamq"
             )))
         }
-        // Migrations from older versions will be applied (and logged, one line each) here; the
-        // schema has had one version so far.
+        // The utf8mb4 conversion above keeps version 1: an older hamq reads converted tables
+        // as well as ever, so brokers can be upgraded one at a time. A migration that older
+        // readers cannot follow will raise the version here.
         Some(v) => log::info!("schema version {v} is current"),
     }
     Ok(())
@@ -194,8 +274,7 @@ fn next_message_id(conn: &mut Conn) -> Result<u64, StoreError> {
     )?;
     let reserved = tx.last_insert_id();
     tx.rollback()?;
-    let reserved =
-        reserved.ok_or_else(|| StoreError::Sql("the id reservation gave no id".to_string()))?;
+    let reserved = reserved.ok_or_else(|| StoreError::sql("the id reservation gave no id"))?;
     let row: Option<Row> = conn.query_first("SELECT COALESCE(MAX(id), 0) FROM hamq_messages")?;
     let highest = match row {
         Some(row) => column::<u64>(&row, 0)?,

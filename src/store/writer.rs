@@ -2,18 +2,22 @@
 //!
 //! Sessions and the router send `StoreOp`s over a bounded channel (full: the sender blocks, which
 //! slows producers to the store's pace). The thread takes whatever has queued up, applies it in ONE
-//! transaction, commits, then forwards the committed messages (in order) and runs each `Done`. So
-//! N producers cost one fsync per batch, not N. A failed batch is fatal: nothing of it committed,
-//! every waiting `Done` gets the error, and `on_failure` stops the broker (its supervisor restarts
-//! it and recovery reloads the store). It exits once every sender is dropped and the queue drained.
+//! transaction (`apply` has the SQL), commits, then forwards the committed messages (in order)
+//! and runs each `Done`. So N producers cost one fsync per batch, not N.
+//!
+//! A batch that fails on one operation's data (`StoreError::Rejected`: text the database cannot
+//! store, a row over its packet limit) is rolled back and its operations are tried again one by
+//! one, each in its own fenced transaction: the one at fault gets the error (its client an
+//! ERROR), the others commit in their order, and the broker goes on. Any other failure is fatal:
+//! nothing of the batch committed, every waiting `Done` gets the error, and `on_failure` stops
+//! the broker (its supervisor restarts it and recovery reloads the store). It exits once every
+//! sender is dropped and the queue drained.
 
-use super::apply::{self, Apply};
+use super::apply::{self, Apply, Durables, Ids, Outcome, Work};
 use super::{lock, Committed, Done, DurableRow, StoreError, StoreOp};
 use crate::flow_control::FlowControl;
-use crate::message::Message;
 use crossbeam_channel::RecvTimeoutError;
 use mysql::{Conn, Transaction, TxOpts};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -59,75 +63,39 @@ pub struct WriterStats {
     pub busy_micros: AtomicU64,
 }
 
-/// Durable subscriptions by id and by topic, kept in step with the rows written.
-#[derive(Default)]
-pub(super) struct Durables {
-    topic_of: HashMap<u64, String>,
-    subs_of: HashMap<String, Vec<u64>>,
-}
-
-impl Durables {
-    pub(super) fn topic(&self, id: u64) -> Option<&String> {
-        self.topic_of.get(&id)
-    }
-
-    /// The subscriptions of `topic`, in id order.
-    pub(super) fn subscribers(&self, topic: &str) -> &[u64] {
-        self.subs_of.get(topic).map_or(&[], Vec::as_slice)
-    }
-
-    pub(super) fn insert(&mut self, id: u64, topic: String) {
-        self.remove(id);
-        let subs = self.subs_of.entry(topic.clone()).or_default();
-        let at = subs.partition_point(|&s| s < id);
-        subs.insert(at, id);
-        self.topic_of.insert(id, topic);
-    }
-
-    pub(super) fn remove(&mut self, id: u64) {
-        let Some(topic) = self.topic_of.remove(&id) else {
-            return;
-        };
-        if let Some(subs) = self.subs_of.get_mut(&topic) {
-            subs.retain(|&s| s != id);
-            if subs.is_empty() {
-                self.subs_of.remove(&topic);
-            }
-        }
-    }
-}
-
 /// Start the writer on `conn`; `durables` are the recovered subscriptions, `next_id` the first
-/// message id to hand out (`Recovered::next_id`).
+/// message id to hand out (`Recovered::next_id`), `max_packet` the server's `max_allowed_packet`
+/// on `conn`.
 pub fn spawn_writer(
     conn: Conn,
     fence: Fence,
     recovered: (&[DurableRow], u64),
+    max_packet: usize,
     (stats, flow): (Arc<WriterStats>, Arc<FlowControl>),
     forward: Forward,
     on_failure: Box<dyn FnOnce(StoreError) + Send>,
 ) -> std::io::Result<WriterHandle> {
     let (ops, rx) = crossbeam_channel::bounded(QUEUE_DEPTH);
     let (durable_rows, next_id) = recovered;
-    let mut durables = Durables::default();
-    for row in durable_rows {
-        durables.insert(row.id, row.topic.clone());
-    }
     let mut writer = Writer {
         conn,
         fence,
-        durables,
-        next_id,
-        next_transient: 1,
+        durables: Durables::from_rows(durable_rows),
+        ids: Ids {
+            next_id,
+            next_transient: 1,
+        },
+        max_statement: max_packet.saturating_sub(apply::ROW_OVERHEAD),
         stats,
         flow,
+        forward,
         last_batch: 1,
         last_commit: Duration::ZERO,
         last_transaction: Instant::now(),
     };
     let thread = std::thread::Builder::new()
         .name("store-writer".to_string())
-        .spawn(move || writer.run(rx, forward, on_failure))?;
+        .spawn(move || writer.run(rx, on_failure))?;
     Ok(WriterHandle { ops, thread })
 }
 
@@ -136,14 +104,15 @@ struct Writer {
     fence: Fence,
     /// To know which topic messages need rows at all, and whose entries.
     durables: Durables,
-    /// The next stored message's id: this writer, the only one, assigns them in send order.
-    next_id: u64,
-    /// Counter for the ids of messages that are not stored.
-    next_transient: u64,
+    /// This writer, the only one, assigns message ids in send order.
+    ids: Ids,
+    /// Bytes one INSERT statement may carry: the server's packet limit less the statement's own.
+    max_statement: usize,
     stats: Arc<WriterStats>,
-    /// Gives back the flow-control weight of a failed batch's SENDs; for committed ones the
+    /// Gives back the flow-control weight of SENDs that were not stored; for committed ones the
     /// router does, once it routed them (`Committed::Admitted`).
     flow: Arc<FlowControl>,
+    forward: Forward,
     /// Operations in the last batch that reached the database, how long it took, and when it
     /// ended.
     last_batch: usize,
@@ -151,26 +120,26 @@ struct Writer {
     last_transaction: Instant,
 }
 
-/// What one applied operation leaves to do after the commit.
-#[derive(Default)]
-pub(super) struct Outcome {
-    pub(super) committed: Vec<Committed>,
-    pub(super) dones: Vec<Done>,
-    /// Queue message rows to delete, gathered into one statement per batch.
-    pub(super) deletes: Vec<u64>,
-    /// Message rows to insert, gathered into multi-row statements (`apply::write_rows`).
-    pub(super) inserts: Vec<Arc<Message>>,
-    /// Durable entries (subscription, message) to insert with them.
-    pub(super) entries: Vec<(u64, u64)>,
-    /// Message rows written so far in this batch.
-    pub(super) rows_written: u64,
+/// One operation of a batch, with the callback that reports its outcome.
+struct Pending {
+    work: Work,
+    done: Option<Done>,
 }
+
+impl Pending {
+    fn new(op: StoreOp) -> Pending {
+        let (work, done) = Work::from_op(op);
+        Pending { work, done }
+    }
+}
+
+/// A fatal failure and the operations that were not answered yet.
+type Failed = (StoreError, Vec<Pending>);
 
 impl Writer {
     fn run(
         &mut self,
         rx: crossbeam_channel::Receiver<StoreOp>,
-        mut forward: Forward,
         on_failure: Box<dyn FnOnce(StoreError) + Send>,
     ) {
         loop {
@@ -187,31 +156,18 @@ impl Writer {
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             };
-            let weight = send_weight(&batch);
-            match self.commit_batch(batch) {
-                Ok(outcome) => {
-                    for committed in outcome.committed {
-                        forward(committed);
-                    }
-                    // The router gives the SENDs' weight back once it routed them, so the
-                    // budget bounds its inbox too, not only this writer's queue.
-                    if weight > 0 && !forward(Committed::Admitted(weight)) {
-                        self.flow.committed(weight);
-                    }
-                    for done in outcome.dones {
-                        done(Ok(()));
-                    }
-                }
-                Err((error, dones)) => {
-                    self.flow.committed(weight);
-                    log::error!("store write failed: {error}");
-                    for done in dones {
+            let batch = batch.into_iter().map(Pending::new).collect();
+            if let Err((error, unanswered)) = self.commit(batch) {
+                log::error!("store write failed: {error}");
+                for pending in unanswered {
+                    self.flow.committed(pending.work.weight());
+                    if let Some(done) = pending.done {
                         done(Err(error.clone()));
                     }
-                    on_failure(error);
-                    fail_remaining(&rx, &self.flow);
-                    return;
                 }
+                on_failure(error);
+                fail_remaining(&rx, &self.flow);
+                return;
             }
         }
     }
@@ -242,55 +198,111 @@ impl Writer {
         batch
     }
 
-    /// THE place every write transaction goes through.
-    fn commit_batch(&mut self, batch: Vec<StoreOp>) -> Result<Outcome, (StoreError, Vec<Done>)> {
-        let mut outcome = Outcome::default();
-        if !batch.is_empty() && batch.iter().all(|op| self.stays_in_memory(op)) {
-            // Nothing to write: ids are assigned, messages routed in order, receipts sent. (The
-            // idle keep-alive batch is empty and still runs its fence.)
-            self.assign_all(batch, &mut outcome);
-            return Ok(outcome);
-        }
-        match self.apply_all(batch, &mut outcome) {
-            Ok(()) => Ok(outcome),
-            Err(error) => Err((error, outcome.dones)),
+    /// Commit a batch and answer each of its operations. On a rejection of one operation's
+    /// data, each operation is tried alone (see the module doc).
+    fn commit(&mut self, mut batch: Vec<Pending>) -> Result<(), Failed> {
+        let saved = self.save_durables(&batch);
+        match self.attempt(&mut batch) {
+            Ok(outcome) => {
+                self.finish(batch, outcome);
+                Ok(())
+            }
+            Err(error) if error.is_rejection() => {
+                self.restore_durables(saved);
+                if batch.len() == 1 {
+                    self.refuse(batch, &error);
+                    return Ok(());
+                }
+                log::warn!(
+                    "a batch of {} store operations failed on one operation's data ({error}); \
+                     committing each alone",
+                    batch.len()
+                );
+                self.commit_each(batch)
+            }
+            Err(error) => Err((error, batch)),
         }
     }
 
-    /// An operation with nothing to write (non-persistent sends, a receipt barrier).
-    fn stays_in_memory(&self, op: &StoreOp) -> bool {
-        match op {
-            StoreOp::Commit {
-                sends, removals, ..
-            } => removals.is_empty() && sends.iter().all(|m| transient(m, &self.durables)),
-            _ => false,
+    /// The batch again, one operation per transaction, in order.
+    fn commit_each(&mut self, batch: Vec<Pending>) -> Result<(), Failed> {
+        let mut rest = batch.into_iter();
+        while let Some(pending) = rest.next() {
+            let mut one = vec![pending];
+            let saved = self.save_durables(&one);
+            match self.attempt(&mut one) {
+                Ok(outcome) => self.finish(one, outcome),
+                Err(error) if error.is_rejection() => {
+                    self.restore_durables(saved);
+                    self.refuse(one, &error);
+                }
+                Err(error) => {
+                    one.extend(rest);
+                    return Err((error, one));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The index of durable subscriptions, kept for a batch that changes it (it is small).
+    fn save_durables(&self, batch: &[Pending]) -> Option<Durables> {
+        batch
+            .iter()
+            .any(|p| p.work.changes_durables())
+            .then(|| self.durables.clone())
+    }
+
+    fn restore_durables(&mut self, saved: Option<Durables>) {
+        if let Some(durables) = saved {
+            self.durables = durables;
         }
     }
 
-    /// Ids for the SENDs of a batch of `Commit`s without removals; their rows (if any) wait in
-    /// `out.inserts`, their messages in `out.committed`.
-    fn assign_all(&mut self, batch: Vec<StoreOp>, out: &mut Outcome) {
-        let (durables, next_id, next_transient) =
-            (&self.durables, &mut self.next_id, &mut self.next_transient);
-        for op in batch {
-            if let StoreOp::Commit { sends, done, .. } = op {
-                out.dones.extend(done);
-                let routed = sends
-                    .into_iter()
-                    .map(|m| apply::assign(m, durables, (&mut *next_id, &mut *next_transient), out))
-                    .collect();
-                push_messages(out, routed);
+    /// After the commit: the router gets the committed messages in order, then the SENDs'
+    /// weight to give back once it routed them (so the budget bounds its inbox too, not only
+    /// this writer's queue), then every operation's `Done`.
+    fn finish(&mut self, batch: Vec<Pending>, outcome: Outcome) {
+        for committed in outcome.committed {
+            (self.forward)(committed);
+        }
+        let weight: usize = batch.iter().map(|p| p.work.weight()).sum();
+        if weight > 0 && !(self.forward)(Committed::Admitted(weight)) {
+            self.flow.committed(weight);
+        }
+        for done in batch.into_iter().filter_map(|p| p.done) {
+            done(Ok(()));
+        }
+    }
+
+    /// One operation the database refused: only its sender hears of it.
+    fn refuse(&mut self, batch: Vec<Pending>, error: &StoreError) {
+        for pending in batch {
+            log::warn!("an operation was not stored: {error}; its client gets an ERROR");
+            self.flow.committed(pending.work.weight());
+            if let Some(done) = pending.done {
+                done(Err(error.clone()));
             }
         }
     }
 
-    fn apply_all(&mut self, batch: Vec<StoreOp>, out: &mut Outcome) -> Result<(), StoreError> {
+    /// THE place every write transaction goes through. Nothing is committed on `Err`.
+    fn attempt(&mut self, batch: &mut [Pending]) -> Result<Outcome, StoreError> {
+        let mut out = Outcome::default();
+        let durables = &self.durables;
+        if !batch.is_empty() && batch.iter().all(|p| p.work.stays_in_memory(durables)) {
+            // Nothing to write: ids are assigned, messages routed in order, receipts sent. (The
+            // idle keep-alive batch is empty and still runs its fence.)
+            let works = batch.iter_mut().map(|p| &mut p.work);
+            apply::assign_all(works, durables, &mut self.ids, &mut out);
+            return Ok(out);
+        }
         let started = Instant::now();
         let operations = batch.len() as u64;
-        if self.one_insert_does(&batch) {
-            self.write_one_insert(batch, out)?;
+        if self.one_insert_does(batch) {
+            self.write_one_insert(batch, &mut out)?;
         } else {
-            self.write(batch, out)?;
+            self.write(batch, &mut out)?;
         }
         let stats = &self.stats;
         stats.transactions.fetch_add(1, Ordering::Relaxed);
@@ -303,24 +315,24 @@ impl Writer {
         self.last_transaction = Instant::now();
         let micros = self.last_commit.as_micros().try_into().unwrap_or(u64::MAX);
         stats.busy_micros.fetch_add(micros, Ordering::Relaxed);
-        Ok(())
+        Ok(out)
     }
 
     /// Whether the batch is SENDs with one stored row that needs no durable entries (a lone
     /// producer sending to a queue: the case where round trips are most of the cost).
-    fn one_insert_does(&self, batch: &[StoreOp]) -> bool {
+    fn one_insert_does(&self, batch: &[Pending]) -> bool {
         let mut rows = 0;
-        for op in batch {
-            let StoreOp::Commit {
-                sends, removals, ..
-            } = op
-            else {
+        for pending in batch {
+            let Work::Commit { sends, removals } = &pending.work else {
                 return false;
             };
             if !removals.is_empty() {
                 return false;
             }
-            for m in sends.iter().filter(|m| !transient(m, &self.durables)) {
+            for m in sends
+                .iter()
+                .filter(|m| !apply::transient(m, &self.durables))
+            {
                 if m.destination.starts_with("/topic/") {
                     return false;
                 }
@@ -334,16 +346,16 @@ impl Writer {
     /// fences itself (see `apply::insert_fenced`).
     fn write_one_insert(
         &mut self,
-        batch: Vec<StoreOp>,
+        batch: &mut [Pending],
         out: &mut Outcome,
     ) -> Result<(), StoreError> {
-        self.assign_all(batch, out);
-        let rows = std::mem::take(&mut out.inserts);
-        let Some(row) = rows.first() else {
+        let works = batch.iter_mut().map(|p| &mut p.work);
+        apply::assign_all(works, &self.durables, &mut self.ids, out);
+        let Some(row) = apply::only_row(out) else {
             return Ok(());
         };
         let written =
-            apply::insert_fenced(&mut self.conn, row, self.fence.epoch).map_err(|e| match e {
+            apply::insert_fenced(&mut self.conn, &row, self.fence.epoch).map_err(|e| match e {
                 // Autocommitted: a statement whose answer was lost may have committed.
                 StoreError::Unreachable(e) => StoreError::Unconfirmed(e),
                 other => other,
@@ -360,49 +372,23 @@ impl Writer {
     }
 
     /// One fenced transaction: the epoch check, every operation, the gathered rows, COMMIT.
-    fn write(&mut self, batch: Vec<StoreOp>, out: &mut Outcome) -> Result<(), StoreError> {
-        let durables = &mut self.durables;
-        let next_id = &mut self.next_id;
-        let next_transient = &mut self.next_transient;
-        let mut tx = match self.conn.start_transaction(TxOpts::default()) {
-            Ok(tx) => tx,
-            Err(e) => {
-                for op in batch {
-                    collect_done(op, out);
-                }
-                return Err(e.into());
-            }
-        };
+    fn write(&mut self, batch: &mut [Pending], out: &mut Outcome) -> Result<(), StoreError> {
+        let mut tx = self.conn.start_transaction(TxOpts::default())?;
         if let Err(e) = lock::check_epoch(&mut tx, self.fence.epoch) {
             give_up(tx, &e);
-            for op in batch {
-                collect_done(op, out);
-            }
             return Err(e);
         }
-        let mut failure = None;
-        for op in batch {
-            if failure.is_some() {
-                collect_done(op, out);
-                continue;
-            }
-            let mut ctx = Apply {
-                tx: &mut tx,
-                durables,
-                next_id,
-                next_transient,
-            };
-            if let Err(e) = ctx.apply(op, out) {
-                failure = Some(e);
-            }
-        }
-        let failure = match failure {
-            Some(e) => Some(e),
-            None => apply::write_rows(&mut tx, out)
-                .and_then(|()| apply::delete_messages(&mut tx, &out.deletes))
-                .err(),
+        let mut ctx = Apply {
+            tx: &mut tx,
+            durables: &mut self.durables,
+            ids: &mut self.ids,
+            max_statement: self.max_statement,
         };
-        if let Some(e) = failure {
+        let applied = batch
+            .iter_mut()
+            .try_for_each(|p| ctx.apply(&mut p.work, out))
+            .and_then(|()| ctx.finish(out));
+        if let Err(e) = applied {
             give_up(tx, &e);
             return Err(e);
         }
@@ -428,51 +414,10 @@ fn give_up(tx: Transaction<'_>, error: &StoreError) {
 /// After a failure, keep answering senders until they are all gone, so no one waits for ever.
 fn fail_remaining(rx: &crossbeam_channel::Receiver<StoreOp>, flow: &FlowControl) {
     for op in rx.iter() {
-        flow.committed(send_weight(std::slice::from_ref(&op)));
-        let mut out = Outcome::default();
-        collect_done(op, &mut out);
-        for done in out.dones {
+        let pending = Pending::new(op);
+        flow.committed(pending.work.weight());
+        if let Some(done) = pending.done {
             done(Err(StoreError::Stopped));
         }
-    }
-}
-
-/// Weight of the SENDs in `ops` (bodies, headers, overhead): what their senders took from the
-/// flow-control budget.
-fn send_weight(ops: &[StoreOp]) -> usize {
-    ops.iter()
-        .map(|op| match op {
-            StoreOp::Commit { sends, .. } => sends.iter().map(|m| m.weight()).sum(),
-            _ => 0,
-        })
-        .sum()
-}
-
-fn collect_done(op: StoreOp, out: &mut Outcome) {
-    match op {
-        StoreOp::Commit { done: Some(d), .. } | StoreOp::CreateDurable { done: d, .. } => {
-            out.dones.push(d)
-        }
-        _ => {}
-    }
-}
-
-/// Whether a message is kept in memory only: non-persistent, or a topic message that no
-/// durable subscription will read.
-pub(super) fn transient(message: &Message, durables: &Durables) -> bool {
-    let topic_without_durables = message.destination.starts_with("/topic/")
-        && durables.subscribers(&message.destination).is_empty();
-    !message.persistent || topic_without_durables
-}
-
-/// Consecutive messages travel to the router as one `Committed::Messages`.
-pub(super) fn push_messages(out: &mut Outcome, messages: Vec<Arc<Message>>) {
-    if messages.is_empty() {
-        return;
-    }
-    if let Some(Committed::Messages(last)) = out.committed.last_mut() {
-        last.extend(messages);
-    } else {
-        out.committed.push(Committed::Messages(messages));
     }
 }
