@@ -3,8 +3,8 @@
 //! Pure functions over `codec::Frame`, called by the session reader; no I/O, no state.
 
 use crate::codec::{Frame, Version};
-use crate::message::{parse_destination, Kind, BROKER_HEADERS, MAX_NAME};
-use crate::router::{AckMode, AckRef};
+use crate::message::{check_name, parse_destination, Kind, BROKER_HEADERS, MAX_NAME};
+use crate::router::{AckMode, AckRef, SubscriptionRef};
 
 /// Every frame a client may send, with its validated headers.
 #[derive(Debug, PartialEq, Eq)]
@@ -13,7 +13,7 @@ pub enum Command {
     Send(Send),
     Subscribe(Subscribe),
     Unsubscribe {
-        id: Option<String>,
+        sub: Option<SubscriptionRef>,
         durable_name: Option<String>,
     },
     Ack {
@@ -73,18 +73,19 @@ pub fn parse(frame: Frame, version: Version) -> Result<Command, String> {
             let durable_name = frame
                 .header("activemq.subscriptionName")
                 .map(str::to_string);
-            let id = frame
+            // 1.0 allows naming the destination instead of the id.
+            let by_destination = frame
+                .header("destination")
+                .filter(|_| version == Version::V1_0)
+                .map(|d| SubscriptionRef::Destination(d.to_string()));
+            let sub = frame
                 .header("id")
-                .or_else(|| {
-                    frame
-                        .header("destination")
-                        .filter(|_| version == Version::V1_0)
-                })
-                .map(str::to_string);
-            if id.is_none() && durable_name.is_none() {
+                .map(|id| SubscriptionRef::Id(id.to_string()))
+                .or(by_destination);
+            if sub.is_none() && durable_name.is_none() {
                 return Err("UNSUBSCRIBE needs an `id` header".to_string());
             }
-            Ok(Command::Unsubscribe { id, durable_name })
+            Ok(Command::Unsubscribe { sub, durable_name })
         }
         "ACK" | "NACK" => Ok(Command::Ack {
             ack: ack_ref(&frame, version)?,
@@ -113,11 +114,8 @@ fn connect(frame: &Frame) -> Result<Connect, String> {
                 offered.join(",")
             )
         })?;
-    if frame
-        .header("client-id")
-        .is_some_and(|c| c.len() > MAX_NAME)
-    {
-        return Err(format!("client-id is longer than {MAX_NAME} bytes"));
+    if let Some(client_id) = frame.header("client-id") {
+        check_name("client-id", client_id, MAX_NAME)?;
     }
     let heart_beat = match frame.header("heart-beat") {
         None => (0, 0),
@@ -218,10 +216,8 @@ fn subscribe(frame: &Frame, version: Version) -> Result<Subscribe, String> {
     let durable_name = frame
         .header("activemq.subscriptionName")
         .map(str::to_string);
-    if durable_name.as_ref().is_some_and(|n| n.len() > MAX_NAME) {
-        return Err(format!(
-            "activemq.subscriptionName is longer than {MAX_NAME} bytes"
-        ));
+    if let Some(name) = &durable_name {
+        check_name("activemq.subscriptionName", name, MAX_NAME)?;
     }
     if durable_name.is_some() && kind != Kind::Topic {
         return Err(

@@ -40,7 +40,8 @@ pub struct Config {
     pub permits: Vec<Permit>,
     /// How often the broker can send heart-beats (the `sx` of CONNECTED).
     pub heartbeat_send: Duration,
-    /// How often the broker wants client heart-beats (the `sy` of CONNECTED); 0 = not required.
+    /// The shortest interval the broker asks for client heart-beats: CONNECTED's `sy` is the
+    /// client's own offer, or this when the client offers to beat more often; 0 = not required.
     pub heartbeat_receive: Duration,
     /// A socket that sends no CONNECT within this is closed.
     pub connect_timeout: Duration,
@@ -134,7 +135,7 @@ impl Default for Config {
             users: Vec::new(),
             permits: Vec::new(),
             heartbeat_send: Duration::from_millis(1000),
-            heartbeat_receive: Duration::from_millis(30_000),
+            heartbeat_receive: Duration::from_millis(1000),
             connect_timeout: Duration::from_millis(30_000),
             slow_consumer: Duration::from_secs(30),
             max_connections: 10_000,

@@ -11,12 +11,33 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// auto-increment ids of persistent ones.
 pub const NON_PERSISTENT_BIT: u64 = 1 << 62;
 
-/// Longest destination a client may name: the store's column takes 255 bytes, and its
-/// dead-letter queue (`/topic/x` -> `/queue/DLQ.x`) is up to 4 bytes longer.
+/// Longest destination a client may name, in characters: the store's column takes 255 (in any
+/// script: utf8mb4), and its dead-letter queue (`/topic/x` -> `/queue/DLQ.x`) is up to 4 longer.
 pub const MAX_DESTINATION: usize = 251;
 
-/// Longest client-id or durable subscription name (the store's column).
+/// Longest client-id or durable subscription name, in characters (the store's column).
 pub const MAX_NAME: usize = 255;
+
+/// Check a name the store keeps as text (a destination, client-id or durable subscription
+/// name): at most `max` characters, and no control characters (U+0000 to U+001F, U+007F to
+/// U+009F: NUL, line ends, escapes, which no destination or name needs and which would reach
+/// logs, status pages and other clients as they are). The codec already refused what is not
+/// UTF-8; every other character is one that utf8mb4 stores.
+pub fn check_name(what: &str, value: &str, max: usize) -> Result<(), String> {
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{what} contains the control character U+{:04X}, which names may not hold",
+            u32::from(c)
+        ));
+    }
+    let length = value.chars().count();
+    if length > max {
+        return Err(format!(
+            "{what} is {length} characters long, the limit is {max}"
+        ));
+    }
+    Ok(())
+}
 
 /// The two kinds of destination STOMP clients know from ActiveMQ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,12 +62,7 @@ pub fn parse_destination(value: &str) -> Result<Kind, String> {
     if name.is_empty() {
         return Err(format!("destination `{value}` has an empty name"));
     }
-    if value.len() > MAX_DESTINATION {
-        return Err(format!(
-            "destination name is {} bytes long, the limit is {MAX_DESTINATION}",
-            value.len()
-        ));
-    }
+    check_name("destination", value, MAX_DESTINATION)?;
     Ok(kind)
 }
 
@@ -234,6 +250,32 @@ mod tests {
         let longest = format!("/topic/{}", "x".repeat(MAX_DESTINATION - 7));
         assert!(parse_destination(&longest).is_ok());
         assert_eq!(dead_letter_queue(&longest).len(), 255);
+        let wide = format!("/queue/{}", "日".repeat(MAX_DESTINATION - 7));
+        assert_eq!(parse_destination(&wide), Ok(Kind::Queue));
+        assert_eq!(dead_letter_queue(&wide).chars().count(), 255);
+        let over = format!("{wide}本");
+        assert_eq!(
+            parse_destination(&over).unwrap_err(),
+            "destination is 252 characters long, the limit is 251"
+        );
+        for bad in [
+            "/queue/a\0b",
+            "/queue/a\u{7f}",
+            "/queue/\u{85}x",
+            "/topic/t\r",
+        ] {
+            let problem = parse_destination(bad).unwrap_err();
+            assert!(problem.contains("control character U+00"), "{problem}");
+        }
+        for good in [
+            "/queue/日本",
+            "/queue/😀",
+            "/queue/e\u{301}",
+            "/queue/עברית",
+            "/queue/a b",
+        ] {
+            assert!(parse_destination(good).is_ok(), "{good}");
+        }
     }
 
     #[test]

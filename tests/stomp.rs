@@ -49,7 +49,7 @@ fn version_negotiation_and_connected_headers() {
         assert_eq!(reply.header("version"), Some(expected));
         assert!(reply.header("server").unwrap().starts_with("hamq/"));
         assert!(reply.header("session").is_some());
-        assert_eq!(reply.header("heart-beat"), Some("1000,30000"));
+        assert_eq!(reply.header("heart-beat"), Some("1000,1000"));
     }
     let (mut c, reply) = Client::connect_with(port, &[("accept-version", "3.0")]);
     assert_eq!(reply.command, "ERROR");

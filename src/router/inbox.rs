@@ -112,8 +112,8 @@ impl Router {
                     .map(|d| d.row.topic.clone());
                 self.reply(conn, Reply::Topic(topic));
             }
-            RouterMsg::Unsubscribe { conn, id, durable } => {
-                let reply = self.unsubscribe(conn, id, durable);
+            RouterMsg::Unsubscribe { conn, sub, durable } => {
+                let reply = self.unsubscribe(conn, sub, durable);
                 self.reply(conn, reply);
             }
             RouterMsg::Ack {

@@ -33,7 +33,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 pub use stats::{Browsed, Counters, DestinationStats, Stats};
-pub use subscriptions::{AckMode, AckRef, SubscribeRequest};
+pub use subscriptions::{AckMode, AckRef, SubscribeRequest, SubscriptionRef};
 
 /// The configured bounds the router enforces.
 #[derive(Clone, Copy, Debug)]
@@ -79,10 +79,11 @@ pub enum RouterMsg {
         conn: ConnId,
         durable: (String, String),
     },
-    /// Remove subscription `id`; with `durable` also delete that durable subscription.
+    /// Remove the subscription `sub` names; with `durable` also delete that durable
+    /// subscription.
     Unsubscribe {
         conn: ConnId,
-        id: Option<String>,
+        sub: Option<SubscriptionRef>,
         durable: Option<(String, String)>,
     },
     /// ACK (`nack` false) or NACK; with `transaction`, the ack is held until it ends.
@@ -164,6 +165,8 @@ struct InFlight {
 struct Sub {
     conn: ConnId,
     id: Arc<str>,
+    /// The SUBSCRIBE's destination (what a 1.0 UNSUBSCRIBE may name instead of the id).
+    destination: Arc<str>,
     source: Source,
     /// Topic name for non-durable topic subscriptions (to detach on removal).
     topic: Option<Arc<str>>,

@@ -29,6 +29,16 @@ pub enum AckRef {
     Message(String),
 }
 
+/// How an UNSUBSCRIBE names its subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubscriptionRef {
+    /// The SUBSCRIBE's `id`.
+    Id(String),
+    /// 1.0 only: the destination, for a client that subscribed with or without an `id`. Every
+    /// subscription of the connection to it ends.
+    Destination(String),
+}
+
 /// A validated SUBSCRIBE.
 #[derive(Clone, Debug)]
 pub struct SubscribeRequest {
@@ -111,19 +121,20 @@ impl Router {
             (None, Kind::Queue) => {
                 let dest = self.queues.entry(destination.clone()).or_default();
                 dest.consumers.push(key);
-                (Source::Queue(destination), None)
+                (Source::Queue(destination.clone()), None)
             }
             (None, Kind::Topic) => {
                 self.topics
                     .entry(destination.clone())
                     .or_default()
                     .push(key);
-                (Source::Topic, Some(destination))
+                (Source::Topic, Some(destination.clone()))
             }
         };
         let sub = Sub {
             conn,
             id: Arc::from(request.id.as_str()),
+            destination,
             source: source.clone(),
             topic,
             ack: request.ack,
@@ -140,23 +151,33 @@ impl Router {
         Reply::Done
     }
 
-    /// UNSUBSCRIBE `id`; with `durable`, also delete that durable subscription (which must then
-    /// be inactive or be this very subscription).
+    /// UNSUBSCRIBE the subscription `sub` names; with `durable`, also delete that durable
+    /// subscription (which must then be inactive or be this very subscription).
     pub(super) fn unsubscribe(
         &mut self,
         conn: ConnId,
-        id: Option<String>,
+        sub: Option<SubscriptionRef>,
         durable: Option<(String, String)>,
     ) -> Reply {
-        let key = id
-            .as_ref()
-            .and_then(|id| self.conns.get_mut(&conn)?.subs.remove(id));
-        if let Some(key) = key {
+        let keys = match &sub {
+            Some(named) => self.take_subs(conn, named),
+            None => Vec::new(),
+        };
+        if !keys.is_empty() {
             let written = self.conns.get(&conn).map_or(0, |c| c.outbox.written());
-            self.remove_sub(key, written);
+            for key in keys {
+                self.remove_sub(key, written);
+            }
         } else if durable.is_none() {
-            let id = id.unwrap_or_default();
-            return Reply::Refused(format!("no subscription with id `{id}` on this connection"));
+            return Reply::Refused(match sub {
+                Some(SubscriptionRef::Destination(d)) => {
+                    format!("no subscription to `{d}` on this connection")
+                }
+                Some(SubscriptionRef::Id(id)) => {
+                    format!("no subscription with id `{id}` on this connection")
+                }
+                None => "UNSUBSCRIBE names no subscription".to_string(),
+            });
         }
         let Some(name) = durable else {
             return Reply::Done;
@@ -181,6 +202,32 @@ impl Router {
         }
         self.blocked.remove(&Source::Durable(durable_id));
         Reply::DurableRemoved(durable_id)
+    }
+
+    /// Take the named subscriptions out of the connection's index: by id, or (1.0) every one
+    /// to a destination.
+    fn take_subs(&mut self, conn: ConnId, named: &SubscriptionRef) -> Vec<u64> {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Vec::new();
+        };
+        match named {
+            SubscriptionRef::Id(id) => c.subs.remove(id).into_iter().collect(),
+            SubscriptionRef::Destination(destination) => {
+                let subs = &self.subs;
+                let mut keys = Vec::new();
+                c.subs.retain(|_, key| {
+                    let matches = subs
+                        .get(key)
+                        .is_some_and(|s| &*s.destination == destination.as_str());
+                    if matches {
+                        keys.push(*key);
+                    }
+                    !matches
+                });
+                keys.sort_unstable();
+                keys
+            }
+        }
     }
 
     /// Find the subscription and position of the acknowledged delivery. Lenient like ActiveMQ:
@@ -244,6 +291,13 @@ impl Router {
         let Some(sub) = self.subs.get_mut(&key) else {
             return Reply::Refused("subscription vanished".to_string());
         };
+        if nack && sub.ack == AckMode::Auto {
+            return Reply::Refused(format!(
+                "NACK on subscription `{}`, whose ack mode is auto: its messages are \
+                 acknowledged as they are sent, there is nothing to NACK",
+                sub.id
+            ));
+        }
         let taken: Vec<InFlight> = match sub.ack {
             super::AckMode::Client => sub.inflight.drain(..=pos).collect(),
             _ => sub.inflight.remove(pos).into_iter().collect(),

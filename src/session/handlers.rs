@@ -7,7 +7,7 @@ use crate::codec::{encode, Frame, Version};
 use crate::command::{self, Command, Connect, Send, Subscribe};
 use crate::message::{now_ms, Message};
 use crate::outbox::Outbox;
-use crate::router::{AckRef, Reply, RouterMsg, SubscribeRequest};
+use crate::router::{AckRef, Reply, RouterMsg, SubscribeRequest, SubscriptionRef};
 use crate::store::{Done, StoreError, StoreOp, Target};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,8 +38,8 @@ impl Session {
             Command::Connect(c) => self.connect(c),
             Command::Send(s) => self.send(s, receipt),
             Command::Subscribe(s) => self.subscribe(s, receipt),
-            Command::Unsubscribe { id, durable_name } => {
-                self.unsubscribe(id, durable_name, receipt)
+            Command::Unsubscribe { sub, durable_name } => {
+                self.unsubscribe(sub, durable_name, receipt)
             }
             Command::Ack {
                 ack,
@@ -76,8 +76,12 @@ impl Session {
         }
         let config = &self.ctx.config;
         let sx = config.heartbeat_send.as_millis() as u64;
-        let sy = config.heartbeat_receive.as_millis() as u64;
+        let floor = config.heartbeat_receive.as_millis() as u64;
         let (cx, cy) = c.heart_beat;
+        // The beats asked of the client follow its offer (never more often than the floor),
+        // so a client that beats every second is found dead after two silent seconds, as
+        // ActiveMQ and RabbitMQ do, and its unacknowledged messages go back to the queue.
+        let sy = if floor > 0 { cx.max(floor) } else { 0 };
         let towards_client = if sx > 0 && cy > 0 { sx.max(cy) } else { 0 };
         let from_client = if cx > 0 && sy > 0 { cx.max(sy) } else { 0 };
         self.silence_limit = (from_client > 0).then(|| Duration::from_millis(2 * from_client));
@@ -140,23 +144,22 @@ impl Session {
     }
 
     /// Queue a store commit whose RECEIPT (if asked for) is sent once it is durable. Its SENDs
-    /// first pass flow control (the writer gives their bytes back after the batch).
+    /// first pass flow control (the writer gives their bytes back after the batch). A commit
+    /// with SENDs always reports back, so that one the database refuses gets its ERROR.
     fn commit_to_store(
         &mut self,
         sends: Vec<Message>,
         removals: Vec<Target>,
         receipt: Option<&str>,
     ) -> Flow {
-        let done = match receipt {
-            Some(id) => {
-                if !self.reserve() {
-                    return Flow::Close;
-                }
-                let version = self.control_version();
-                Some(receipt_done(self.outbox.clone(), id.to_string(), version))
-            }
-            None => None,
-        };
+        if receipt.is_some() && !self.reserve() {
+            return Flow::Close;
+        }
+        let version = self.control_version();
+        let done = (receipt.is_some() || !sends.is_empty()).then(|| {
+            let receipt = receipt.map(str::to_string);
+            reply_done(self.outbox.clone(), receipt, version)
+        });
         if sends.is_empty() && removals.is_empty() && done.is_none() {
             return Flow::Continue;
         }
@@ -262,7 +265,7 @@ impl Session {
 
     fn unsubscribe(
         &mut self,
-        id: Option<String>,
+        sub: Option<SubscriptionRef>,
         durable_name: Option<String>,
         receipt: Option<&str>,
     ) -> Flow {
@@ -291,7 +294,7 @@ impl Session {
         }
         let msg = RouterMsg::Unsubscribe {
             conn: self.id,
-            id,
+            sub,
             durable,
         };
         match self.ask(msg) {
@@ -400,23 +403,32 @@ impl Session {
     }
 }
 
-/// After commit: RECEIPT; after a failed commit: ERROR and close (the credit was reserved).
-fn receipt_done(outbox: Outbox, id: String, version: Version) -> Done {
-    Box::new(move |result: Result<(), StoreError>| match result {
-        Ok(()) => {
-            let mut frame = Vec::with_capacity(32 + id.len());
-            encode(&receipt_frame(&id), version, &mut frame);
-            outbox.control_encoded(frame);
-        }
-        Err(e) => {
-            let problem = format!("not stored: {e}");
-            let frame = Frame::new("ERROR")
-                .with_header("message", &problem)
-                .with_header("receipt-id", &id);
-            outbox.control(&frame, version);
-            outbox.close();
-        }
-    })
+/// After commit: the RECEIPT if one was asked for (its credit was reserved). After a failed
+/// commit: ERROR naming the problem, and close. Without a receipt no credit was reserved, and
+/// this runs on the store writer, which must not wait: the ERROR goes only if a credit is free,
+/// the connection closes either way.
+fn reply_done(outbox: Outbox, receipt: Option<String>, version: Version) -> Done {
+    Box::new(
+        move |result: Result<(), StoreError>| match (result, receipt) {
+            (Ok(()), None) => {}
+            (Ok(()), Some(id)) => {
+                let mut frame = Vec::with_capacity(32 + id.len());
+                encode(&receipt_frame(&id), version, &mut frame);
+                outbox.control_encoded(frame);
+            }
+            (Err(e), receipt) => {
+                let problem = format!("not stored: {e}");
+                let mut frame = Frame::new("ERROR").with_header("message", &problem);
+                if let Some(id) = &receipt {
+                    frame = frame.with_header("receipt-id", id);
+                }
+                if receipt.is_some() || outbox.reserve(Duration::ZERO) == Some(true) {
+                    outbox.control(&frame, version);
+                }
+                outbox.close();
+            }
+        },
+    )
 }
 
 /// Report the outcome to this session's store reply channel (the reader waits on it).
