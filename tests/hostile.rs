@@ -8,13 +8,19 @@
 //! The generator is seeded; the seed is printed, and `HAMQ_HOSTILE_SEED=N` replays a run (the
 //! bytes each connection sends are fixed by the seed; only the interleaving varies).
 //!
+//! It runs against the shared MariaDB with the server's own defaults (`latin1`, unless
+//! `HAMQ_TEST_MARIADB` says otherwise), and every queue name ends in text of some script
+//! (`SCRIPTS`: CJK, 4-byte emoji, Latin-1, right-to-left, a combining mark, or none); valid SENDs
+//! carry header values with multi-byte and control characters.
+//!
 //! Destinations say what may land there:
-//! - `/queue/hostile-ok-N`: only complete, valid, persistent SENDs are written there, each with a
-//!   unique body. Every SEND that got a RECEIPT must be in the store, every stored body must be
-//!   one that was sent, and none twice.
-//! - `/queue/hostile-bad-N`: only frames the broker must refuse or never see complete (over a
-//!   limit, bad escape, bad content-length, invalid UTF-8, bad priority, cut off mid-frame, or
-//!   inside a transaction that is never committed). Nothing may ever be enqueued there.
+//! - `/queue/hostile-ok-N...`: only complete, valid, persistent SENDs are written there, each
+//!   with a unique body. Every SEND that got a RECEIPT must be in the store, every stored body must
+//!   be one that was sent, and none twice.
+//! - `/queue/hostile-bad-N...`: only frames the broker must refuse or never see complete (over a
+//!   limit, bad escape, bad content-length, invalid UTF-8, bad priority, a control character or
+//!   too many characters in the destination, cut off mid-frame, or inside a transaction that is
+//!   never committed). Nothing may ever be enqueued there.
 //! - `/queue/hostile-mut-N` and `/queue/hostile-sub-N`: targets of mutated frames and of
 //!   subscriptions; whatever a mutation turns into may legitimately land.
 
@@ -43,6 +49,11 @@ const CONNECTIONS_PER_WORKER: usize = 10;
 /// Frames a connection tries to send before its ending (fewer if the broker closes it).
 const FRAMES_PER_CONNECTION: std::ops::Range<usize> = 40..120;
 const QUEUES: usize = 4;
+/// Queue names end in one of these, so that every queue's name is also a test of multi-byte
+/// text in the store (the shared server runs with `latin1`, its own default).
+const SCRIPTS: [&str; 6] = ["", "-日本", "-😀", "-é", "-עב", "-e\u{301}"];
+/// Characters a destination may not hold (the broker refuses them with an ERROR).
+const CONTROLS: [&str; 5] = ["\0", "\u{1}", "\u{1b}", "\u{7f}", "\u{85}"];
 
 /// The broker idles at about 11 MiB. During the storm at most `WORKERS` hostile connections
 /// and one normal client are open (plus refused ones draining for a moment); each may hold one
@@ -167,7 +178,8 @@ impl Conn {
     }
 
     fn queue(&mut self, kind: &str) -> String {
-        format!("/queue/hostile-{kind}-{}", self.rng.below(QUEUES))
+        let script = self.rng.pick(&SCRIPTS);
+        format!("/queue/hostile-{kind}-{}{script}", self.rng.below(QUEUES))
     }
 
     /// A valid persistent SEND with a unique body, half of them with a receipt.
@@ -178,6 +190,10 @@ impl Conn {
         let mut headers = vec![("destination", queue.as_str())];
         if self.rng.percent(50) {
             headers.push(("receipt", &receipt));
+        }
+        // Header values may hold any text but line ends: multi-byte, control characters.
+        if self.rng.percent(30) {
+            headers.push(("x-text", "価格 \u{1}\t€ \u{7f}😀"));
         }
         let length = body.len().to_string();
         if self.rng.percent(50) {
@@ -198,7 +214,9 @@ impl Conn {
             .collect();
         let mut many_refs: Vec<(&str, &str)> = vec![dest];
         many_refs.extend(many.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-        let cases = if self.escapes { 9 } else { 8 };
+        let control = format!("{queue}{}", self.rng.pick(&CONTROLS));
+        let overlong = format!("{queue}{}", "語".repeat(260));
+        let cases = if self.escapes { 11 } else { 10 };
         match self.rng.below(cases) {
             0 => frame("SEND", &[dest], &vec![b'x'; MAX_FRAME + 1]),
             1 => frame("SEND", &[dest, ("content-length", "99999999999")], b"x"),
@@ -213,6 +231,8 @@ impl Conn {
             }
             6 => frame("SEND", &[dest, ("priority", "12")], b"x"),
             7 => frame("SEND", &[dest, ("content-length", "-1")], b"x"),
+            8 => frame("SEND", &[("destination", &control)], b"x"),
+            9 => frame("SEND", &[("destination", &overlong)], b"x"),
             _ => frame("SEND", &[dest, ("h", "a\\tb")], b"x"),
         }
     }

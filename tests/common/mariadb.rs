@@ -1,4 +1,9 @@
 //! A private `mariadbd` per test (or one shared per test binary) on a free port.
+//!
+//! Servers start with MariaDB's own defaults, as users' servers often run: `latin1`, and the
+//! `max_allowed_packet` of MySQL 5.7 (4 MiB). `HAMQ_TEST_MARIADB=utf8mb4` starts them the way
+//! this harness used to (utf8mb4 and a 64 MiB packet limit) instead, so a suite can be run
+//! against both; [`Flavour`] picks one explicitly.
 
 use super::process::{self, kill_and_wait, tail_file};
 use mysql::prelude::Queryable;
@@ -14,6 +19,39 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const DIR_PREFIX: &str = "hamq-mariadb-";
 const LOG_FILE: &str = "mariadbd.log";
 
+/// How a server is configured beyond the harness's own needs (ports, paths, sizes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    /// The server's compiled-in defaults: `latin1` / `latin1_swedish_ci`, and
+    /// `max_allowed_packet` = 4 MiB (MySQL 5.7's default; MariaDB's own is 16 MiB).
+    Defaults,
+    /// `--character-set-server=utf8mb4` and a 64 MiB `max_allowed_packet` (MySQL 8's default).
+    Utf8mb4,
+}
+
+impl Flavour {
+    /// From `HAMQ_TEST_MARIADB` (`defaults`, the default, or `utf8mb4`).
+    pub fn from_env() -> Flavour {
+        match std::env::var("HAMQ_TEST_MARIADB").as_deref() {
+            Err(_) | Ok("") | Ok("defaults") => Flavour::Defaults,
+            Ok("utf8mb4") => Flavour::Utf8mb4,
+            Ok(other) => panic!("HAMQ_TEST_MARIADB={other:?}: expected `defaults` or `utf8mb4`"),
+        }
+    }
+
+    /// The `mariadbd` arguments of this flavour.
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Flavour::Defaults => &["--max-allowed-packet=4M"],
+            Flavour::Utf8mb4 => &[
+                "--character-set-server=utf8mb4",
+                "--collation-server=utf8mb4_general_ci",
+                "--max-allowed-packet=64M",
+            ],
+        }
+    }
+}
+
 /// A running `mariadbd` in a throwaway directory: `data/` (the datadir), `tmp/` (its own
 /// tmpdir: a starting mariadbd deletes every `#sql*` file in its tmpdir, which breaks servers
 /// that share one), the socket and the logs. Drop SIGKILLs it and removes the directory.
@@ -26,6 +64,7 @@ pub struct MariaDb {
     bind_address: String,
     /// More `mariadbd` arguments, from [`MariaDb::start_with_args`].
     extra_args: Vec<String>,
+    flavour: Flavour,
 }
 
 impl MariaDb {
@@ -49,7 +88,16 @@ impl MariaDb {
         Self::start_with("127.0.0.1", args)
     }
 
+    /// Like [`MariaDb::start`], of the given flavour whatever `HAMQ_TEST_MARIADB` says.
+    pub fn start_flavour(flavour: Flavour) -> MariaDb {
+        Self::start_full("127.0.0.1", &[], flavour)
+    }
+
     fn start_with(bind_address: &str, extra_args: &[String]) -> MariaDb {
+        Self::start_full(bind_address, extra_args, Flavour::from_env())
+    }
+
+    fn start_full(bind_address: &str, extra_args: &[String], flavour: Flavour) -> MariaDb {
         static SWEEP: OnceLock<()> = OnceLock::new();
         SWEEP.get_or_init(|| process::sweep_stale(&std::env::temp_dir(), DIR_PREFIX));
         let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}", process::unique_id()));
@@ -66,6 +114,7 @@ impl MariaDb {
             mariadbd: find_binary("mariadbd"),
             bind_address: bind_address.to_string(),
             extra_args: extra_args.to_vec(),
+            flavour,
         };
         db.install();
         db.launch_on_free_port();
@@ -75,6 +124,10 @@ impl MariaDb {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    pub fn flavour(&self) -> Flavour {
+        self.flavour
     }
 
     /// PID of the running server; panics when it was killed and not restarted.
@@ -225,8 +278,8 @@ impl MariaDb {
                 "--innodb-buffer-pool-size=64M",
                 "--innodb-log-file-size=48M",
             ])
-            .args(["--max-connections=500", "--character-set-server=utf8mb4"])
-            .arg("--collation-server=utf8mb4_general_ci")
+            .arg("--max-connections=500")
+            .args(self.flavour.args())
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup mariadbd.log"))
@@ -326,23 +379,36 @@ fn child_pid(child: &Option<Child>) -> String {
     child.as_ref().map_or("gone".into(), |c| c.id().to_string())
 }
 
-static SHARED: OnceLock<MariaDb> = OnceLock::new();
+/// The shared servers of this test binary, one per flavour.
+static SHARED: [OnceLock<MariaDb>; 2] = [OnceLock::new(), OnceLock::new()];
 
 /// One server per test binary, started on first use, for tests that never kill the database
-/// (give each test its own [`MariaDb::create_database`]). Statics are never dropped, so an
-/// `atexit` handler SIGKILLs it and removes its datadir when the test binary exits (libtest
-/// ends with `exit`, which runs atexit handlers).
+/// (give each test its own [`MariaDb::create_database`]); its flavour is `HAMQ_TEST_MARIADB`'s.
 pub fn shared_mariadb() -> &'static MariaDb {
-    SHARED.get_or_init(|| {
-        let db = MariaDb::start();
+    shared_mariadb_of(Flavour::from_env())
+}
+
+/// The shared server of one flavour. Statics are never dropped, so an `atexit` handler
+/// SIGKILLs the shared servers and removes their datadirs when the test binary exits (libtest
+/// ends with `exit`, which runs atexit handlers).
+pub fn shared_mariadb_of(flavour: Flavour) -> &'static MariaDb {
+    let slot = match flavour {
+        Flavour::Defaults => &SHARED[0],
+        Flavour::Utf8mb4 => &SHARED[1],
+    };
+    slot.get_or_init(|| {
+        let db = MariaDb::start_flavour(flavour);
+        static REGISTERED: OnceLock<()> = OnceLock::new();
         // SAFETY: registers a plain extern "C" fn with no arguments.
-        unsafe { libc::atexit(stop_shared) };
+        REGISTERED.get_or_init(|| unsafe {
+            libc::atexit(stop_shared);
+        });
         db
     })
 }
 
 extern "C" fn stop_shared() {
-    if let Some(db) = SHARED.get() {
+    for db in SHARED.iter().filter_map(OnceLock::get) {
         if let Some(child) = &db.child {
             // Never reaped before exit, so the PID is still ours.
             let pid = child.id() as libc::pid_t;

@@ -1,7 +1,8 @@
 //! The integration-test harness of hamq, shared by every file under `tests/` via `mod common;`.
 //!
 //! What it owns, and the rules it keeps for every test:
-//! - [`MariaDb`]: a private `mariadbd` on a free port with a throwaway datadir, and
+//! - [`MariaDb`]: a private `mariadbd` on a free port with a throwaway datadir (with the
+//!   server's own defaults, or utf8mb4: [`Flavour`]), and
 //!   [`shared_mariadb`], one such server per test binary for tests that never kill it.
 //! - [`Broker`]: the real `hamq` binary with env configuration and a captured log;
 //!   [`hash_password`] makes a `users` value with `hamq hash`.
@@ -35,7 +36,7 @@ pub use broker::{hamq_hash, hash_password, Broker};
 pub use certs::Certs;
 pub use client::{Client, Frame, TIMEOUT};
 pub use load::{Ledger, Load, QUEUE};
-pub use mariadb::{shared_mariadb, MariaDb};
+pub use mariadb::{shared_mariadb, shared_mariadb_of, Flavour, MariaDb};
 pub use netns::{Cut, NetNs, Veth};
 pub use process::{free_port, poll, wait_or_kill};
 
