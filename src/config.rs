@@ -59,8 +59,19 @@ pub struct Config {
     /// Bytes of message bodies held in memory; beyond it bodies stay in the store until needed.
     pub memory_limit: usize,
     /// How long the database waits on a silent connection before dropping it (and the lock
-    /// with it): the longest a frozen or cut-off master can keep the lock.
+    /// with it): the longest a frozen or cut-off master can keep the lock (or the lease).
     pub lease: Duration,
+    /// How brokers elect their master (see `election`).
+    pub election: ElectionChoice,
+}
+
+/// The `election` key: `auto` picks the lease on Galera and Group Replication, the row lock
+/// elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElectionChoice {
+    Auto,
+    Lock,
+    Lease,
 }
 
 /// A configuration problem: which key, where it was set, and what is wrong.
@@ -113,6 +124,7 @@ const KEYS: &[&str] = &[
     "max_queue_depth",
     "memory_limit",
     "lease",
+    "election",
 ];
 
 impl Default for Config {
@@ -144,6 +156,7 @@ impl Default for Config {
             max_queue_depth: 0,
             memory_limit: 24 * 1024 * 1024,
             lease: Duration::from_secs(10),
+            election: ElectionChoice::Auto,
         }
     }
 }
@@ -321,6 +334,14 @@ impl Config {
             "max_transaction_bytes" => self.max_transaction_bytes = positive(value).map_err(bad)?,
             "max_queue_depth" => self.max_queue_depth = number(value).map_err(bad)?,
             "lease" => self.lease = lease(value).map_err(bad)?,
+            "election" => {
+                self.election = match value {
+                    "auto" => ElectionChoice::Auto,
+                    "lock" => ElectionChoice::Lock,
+                    "lease" => ElectionChoice::Lease,
+                    other => return Err(bad(format!("`{other}` is not auto, lock or lease"))),
+                }
+            }
             _ => {
                 return Err(bad(format!(
                     "unknown key; known keys are: {}",

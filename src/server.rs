@@ -12,7 +12,7 @@
 use crate::auth::Authenticator;
 use crate::codec;
 use crate::config::Config;
-use crate::election::{self, Election, Role, RoleInfo};
+use crate::election::{self, Election, Role};
 use crate::flow_control::{FlowControl, STORE_BACKLOG_BYTES};
 use crate::memory;
 use crate::message::now_ms;
@@ -139,10 +139,10 @@ fn serve(
     let mut conn = store_conn(config).map_err(|e| e.to_string())?;
     let epoch = store::take_over(&mut conn, &config.name, now_ms()).map_err(|e| e.to_string())?;
     log::info!("acquired the lock (epoch {epoch})");
-    shared.role.set(RoleInfo {
-        master: true,
-        epoch,
-        holder: config.name.clone(),
+    shared.role.update(|r| {
+        r.master = true;
+        r.epoch = epoch;
+        r.holder = config.name.clone();
     });
     store::prepare(&mut conn).map_err(|e| e.to_string())?;
     let max_packet = store::max_allowed_packet(&mut conn).map_err(|e| e.to_string())?;
@@ -215,9 +215,13 @@ impl Pipeline {
             Box::new(move |c: Committed| forward_tx.send(RouterMsg::Committed(c)).is_ok());
         let fail = shutdown.clone();
         let on_failure = Box::new(move |e: StoreError| fail.fail(failure_reason(e)));
+        // On a cluster (the lease) only a write is certified: every transaction writes the
+        // epoch row. One server enforces the locking read of the row lock's fence.
+        let certified = shared.role.get().election == Some(store::topology::Election::Lease);
         let fence = Fence {
             epoch,
             keepalive: config.keepalive(),
+            certified,
         };
         let writer = store::spawn_writer(
             conn,

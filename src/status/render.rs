@@ -52,12 +52,15 @@ pub fn status_json(shared: &Shared, role: &RoleInfo, stats: &Stats) -> String {
         })
         .collect();
     format!(
-        "{{\"name\":{},\"role\":\"{}\",\"epoch\":{},\"holder\":{},\"uptime_seconds\":{},\
-         \"connections\":{},\"held_bytes\":{},\"memory_limit\":{},\"destinations\":[{}]}}\n",
+        "{{\"name\":{},\"role\":\"{}\",\"epoch\":{},\"holder\":{},\"database\":{},\
+         \"election\":{},\"uptime_seconds\":{},\"connections\":{},\"held_bytes\":{},\
+         \"memory_limit\":{},\"destinations\":[{}]}}\n",
         json_string(&shared.name),
         role_name(role),
         role.epoch,
         json_string(&role.holder),
+        json_string(&role.database),
+        json_string(election_name(role)),
         shared.started.elapsed().as_secs(),
         stats.connections,
         stats.held_bytes,
@@ -219,14 +222,21 @@ pub fn metrics(shared: &Shared, role: &RoleInfo, stats: &Stats) -> String {
     out
 }
 
+/// `lock`, `lease`, or empty before the election connection decided.
+fn election_name(role: &RoleInfo) -> &'static str {
+    role.election.map_or("", |e| e.as_str())
+}
+
 pub fn status_table(shared: &Shared, role: &RoleInfo, stats: &Stats) -> String {
     format!(
-        "name         {}\nrole         {}\nmaster       {}\nepoch        {}\nuptime       {} s\n\
-         connections  {}\ndestinations {}\n",
+        "name         {}\nrole         {}\nmaster       {}\nepoch        {}\ndatabase     {}\n\
+         election     {}\nuptime       {} s\nconnections  {}\ndestinations {}\n",
         shared.name,
         role_name(role),
         role.holder,
         role.epoch,
+        role.database,
+        election_name(role),
         shared.started.elapsed().as_secs(),
         stats.connections,
         stats.destinations.len()

@@ -23,6 +23,13 @@
 //! - **Connectivity** (`Unreachable`, `Unconfirmed`): the connection broke or stalled; a COMMIT
 //!   whose answer was lost is `Unconfirmed`. The lock may be someone else's now: the master stops.
 //! - **Deposition** (`Deposed`): another broker took over.
+//! - **Cluster conflicts** (`Sql` with code 1213, told apart by `code()`): on Galera a 1213 at
+//!   COMMIT is a lost certification, which the caller classifies: the election's claim lost a
+//!   race (it stays a slave), a master's renewal or batch re-reads the lease or epoch and
+//!   retries if they are still its own, or stops as deposed. 1047 ("WSREP has not yet prepared
+//!   node for application use": the node left the primary component) is `Unreachable`, like a
+//!   lost connection: the cluster cannot be reached through that node; a slave waits, a master
+//!   stops serving.
 //! - **Store-wide** (`Sql`, `Unfit`): anything else the server answers (a missing table, no
 //!   privilege, a read-only server, a full disk, a lock wait timeout inside a batch) and a
 //!   database hamq cannot use. These say nothing about one client's data: the master stops and
@@ -67,6 +74,14 @@ impl fmt::Display for Rejection {
         write!(f, "{} (database error {})", self.problem, self.code)
     }
 }
+
+/// ER_LOCK_DEADLOCK; on Galera also a transaction that lost certification to another node's
+/// (at COMMIT, or aborted in the middle by a replicated write).
+pub const DEADLOCK: u16 = 1213;
+
+/// ER_UNKNOWN_COM_ERROR as Galera uses it: "WSREP has not yet prepared node for application
+/// use", the node is not a synced member of the primary component.
+pub const WSREP_NOT_READY: u16 = 1047;
 
 /// ER_DUP_ENTRY and ER_DUP_ENTRY_WITH_KEY_NAME.
 pub const DUPLICATE_KEY: [u16; 2] = [1062, 1586];
@@ -186,6 +201,13 @@ impl From<mysql::Error> for StoreError {
         let mysql::Error::MySqlError(server) = &e else {
             return StoreError::sql(e.to_string());
         };
+        if server.code == WSREP_NOT_READY {
+            return StoreError::Unreachable(
+                "the Galera node is not in the primary component \
+                 (WSREP has not yet prepared node for application use)"
+                    .to_string(),
+            );
+        }
         match DATA_ERRORS.iter().find(|(code, _)| *code == server.code) {
             Some(&(code, problem)) => StoreError::Rejected(Rejection { code, problem }),
             None => StoreError::Sql {

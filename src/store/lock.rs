@@ -29,13 +29,21 @@ const BOOTSTRAP: &[(&str, &str)] = &[
             id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
             epoch BIGINT UNSIGNED NOT NULL,
             holder VARCHAR(255) {names} NOT NULL,
-            since BIGINT NOT NULL
+            since BIGINT NOT NULL,
+            fenced BIGINT UNSIGNED NOT NULL DEFAULT 0
         ) ENGINE=InnoDB DEFAULT {names}",
     ),
+    ("hamq_lease", super::lease::CREATE),
 ];
 
-/// Create the lock and epoch tables and rows the very first time. It only reads when they exist
-/// (a slave never runs DDL against a live master's tables: DDL would wait behind its lock).
+/// The election's tables, whose engine `bootstrap` checks.
+const TABLES: [&str; 3] = ["hamq_lock", "hamq_epoch", "hamq_lease"];
+
+/// Create the lock, epoch and lease tables and rows the very first time (a table missing from
+/// an older hamq's database, the lease's, is created the same way: nobody uses it yet). It only
+/// reads when they exist (a slave never runs DDL against a live master's tables: DDL would
+/// wait behind its lock). A table on another engine than InnoDB has no row locks or
+/// transactions, so two brokers would both win: refused, naming the table.
 pub fn bootstrap(conn: &mut Conn) -> Result<(), StoreError> {
     for (table, create) in BOOTSTRAP {
         let row: Option<Row> = conn.exec_first(
@@ -50,15 +58,34 @@ pub fn bootstrap(conn: &mut Conn) -> Result<(), StoreError> {
             log::info!("created table {table}");
         }
     }
+    super::schema::check_engines(conn, &TABLES)?;
     let rows: Option<Row> = conn.query_first(
         "SELECT (SELECT COUNT(*) FROM hamq_lock WHERE id = 1) + \
-         (SELECT COUNT(*) FROM hamq_epoch WHERE id = 1)",
+         (SELECT COUNT(*) FROM hamq_epoch WHERE id = 1) + \
+         (SELECT COUNT(*) FROM hamq_lease WHERE id = 1)",
     )?;
     let rows = rows.map(|r| column::<u64>(&r, 0)).transpose()?.unwrap_or(0);
-    if rows < 2 {
+    if rows < 3 {
         conn.query_drop("INSERT IGNORE INTO hamq_lock (id) VALUES (1)")?;
         conn.query_drop(
             "INSERT IGNORE INTO hamq_epoch (id, epoch, holder, since) VALUES (1, 0, '', 0)",
+        )?;
+        conn.query_drop(super::lease::FIRST_ROW)?;
+    }
+    Ok(())
+}
+
+/// A `hamq_epoch` made by an older hamq lacks `fenced` (see `fence_by_write`): added by the
+/// new master before its epoch bump.
+pub fn add_fence_column(conn: &mut Conn) -> Result<(), StoreError> {
+    let found: Option<u64> = conn.query_first(
+        "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
+         AND TABLE_NAME = 'hamq_epoch' AND COLUMN_NAME = 'fenced'",
+    )?;
+    if found == Some(0) {
+        log::info!("adding column fenced to table hamq_epoch");
+        conn.query_drop(
+            "ALTER TABLE hamq_epoch ADD COLUMN fenced BIGINT UNSIGNED NOT NULL DEFAULT 0",
         )?;
     }
     Ok(())
@@ -142,9 +169,29 @@ pub fn take_over(conn: &mut Conn, name: &str, now_ms: i64) -> Result<u64, StoreE
     Ok(epoch)
 }
 
-/// The fencing check every write transaction makes first. The shared lock makes a new master's
-/// epoch bump wait for this transaction to end, so a deposed master's last commit is ordered
-/// before the takeover (and recovered by the new master) or fails here.
+/// The fencing check of a transaction on a cluster (`election = lease`): a write to the epoch
+/// row, which puts that row in the transaction's write set. A read is not certified on Galera;
+/// this write is, against the new master's epoch bump, so whichever commits second fails (a
+/// deadlock, 1213), and after a takeover this UPDATE matches no row.
+pub fn fence_by_write(tx: &mut Transaction<'_>, ours: u64) -> Result<(), StoreError> {
+    tx.exec_drop(
+        "UPDATE hamq_epoch SET fenced = fenced + 1 WHERE id = 1 AND epoch = ?",
+        (ours,),
+    )?;
+    if tx.affected_rows() == 1 {
+        return Ok(());
+    }
+    let current: Option<u64> = tx.query_first("SELECT epoch FROM hamq_epoch WHERE id = 1")?;
+    Err(StoreError::Deposed {
+        ours,
+        current: current.unwrap_or(0),
+    })
+}
+
+/// The fencing check every write transaction makes first on one server (`election = lock`).
+/// The shared lock makes a new master's epoch bump wait for this transaction to end, so a
+/// deposed master's last commit is ordered before the takeover (and recovered by the new
+/// master) or fails here.
 pub fn check_epoch(tx: &mut Transaction<'_>, ours: u64) -> Result<(), StoreError> {
     let row: Option<Row> =
         tx.query_first("SELECT epoch FROM hamq_epoch WHERE id = 1 LOCK IN SHARE MODE")?;

@@ -12,12 +12,14 @@
 
 mod apply;
 mod error;
+pub mod lease;
 pub mod lock;
 mod pager;
 mod schema;
+pub mod topology;
 mod writer;
 
-pub use error::{Rejection, StoreError};
+pub use error::{Rejection, StoreError, DEADLOCK, WSREP_NOT_READY};
 pub use pager::{spawn_pager, Connector, PageForward, PageRequest, Paged};
 pub use writer::{spawn_writer, Fence, WriterHandle, WriterStats};
 
@@ -158,13 +160,46 @@ pub fn opts_from_url(url: &str) -> Result<Opts, String> {
 /// Nothing of the server's defaults is inherited that hamq's statements depend on (see
 /// `SESSION`): the character set, SQL mode, isolation level and autocommit are set here.
 /// Logs nothing: callers say what it was for.
+///
+/// On a Galera node every read also waits until the node has applied what the cluster
+/// committed before it (`wsrep_sync_wait = 1`): a new master recovers as of the latest commit
+/// anywhere in the cluster.
 pub fn connect(
     url: &str,
     lease: Duration,
     io_timeout: Duration,
     lock_wait: Duration,
 ) -> Result<Conn, StoreError> {
-    let opts = opts_from_url(url).map_err(StoreError::Unfit)?;
+    let mut conn = connect_to(url, None, lease, (io_timeout, lock_wait))?;
+    let wsrep: Option<(String, String)> = conn.query_first("SHOW VARIABLES LIKE 'wsrep_on'")?;
+    if wsrep.is_some_and(|(_, on)| on.eq_ignore_ascii_case("ON")) {
+        conn.query_drop("SET SESSION wsrep_sync_wait = 1")?;
+    }
+    Ok(conn)
+}
+
+/// `connect` without the causal reads (the election's connections, which must keep answering
+/// on a node outside the primary component, where a causal read times out; its claims and
+/// renewals are writes, which certification orders whatever a read saw), to `address`
+/// (`host:port`) instead of the URL's own server if given: another node of the same cluster,
+/// with the URL's user, password, database and TLS settings.
+pub fn connect_to(
+    url: &str,
+    address: Option<&str>,
+    lease: Duration,
+    (io_timeout, lock_wait): (Duration, Duration),
+) -> Result<Conn, StoreError> {
+    let mut opts = opts_from_url(url).map_err(StoreError::Unfit)?;
+    if let Some(address) = address {
+        let (host, port) = address
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| StoreError::Unfit(format!("`{address}` is not host:port")))?;
+        opts = OptsBuilder::from_opts(opts)
+            .ip_or_hostname(Some(host))
+            .tcp_port(port)
+            .into();
+    }
     let tls = opts.get_ssl_opts().is_some();
     let lock_wait = lock_wait.as_secs().max(1);
     let mut init: Vec<String> = SESSION.iter().map(|s| s.to_string()).collect();
@@ -194,6 +229,16 @@ pub fn connect(
     })
 }
 
+/// `host:port` of the server a datastore URL names (what a lease holder announces).
+pub fn address_of(url: &str) -> Result<String, StoreError> {
+    let opts = opts_from_url(url).map_err(StoreError::Unfit)?;
+    Ok(format!(
+        "{}:{}",
+        opts.get_ip_or_hostname(),
+        opts.get_tcp_port()
+    ))
+}
+
 /// The session settings of every connection, whatever the server's defaults are:
 /// - utf8mb4 on the wire (`SET NAMES`): a server started with `latin1` (MariaDB up to 11.5,
 ///   MySQL 5.7) or with `skip-character-set-client-handshake` would otherwise take a client's
@@ -216,28 +261,13 @@ const SESSION: &[&str] = &[
 /// requires TLS.
 const ACCESS_DENIED: u16 = 1045;
 
-/// `MariaDB 10.11.6` or `MySQL 8.0.36`, for the "datastore connected" log line.
-pub fn server_description(conn: &mut Conn) -> Result<String, StoreError> {
-    let row: Option<mysql::Row> = conn.query_first("SELECT VERSION()")?;
-    let version: String = match row {
-        Some(row) => column(&row, 0)?,
-        None => String::new(),
-    };
-    let product = if version.to_ascii_lowercase().contains("mariadb") {
-        "MariaDB"
-    } else {
-        "MySQL"
-    };
-    let short = version.split('-').next().unwrap_or(&version);
-    Ok(format!("{product} {short}"))
-}
-
 /// The new master's committed epoch bump (see `lock::take_over`), on a store connection while
 /// the election holds the lock. A `hamq_epoch` made by an older hamq is converted to utf8mb4
-/// first, so that any broker name can be written to it.
+/// first, so that any broker name can be written to it, and gets its `fenced` column.
 pub fn take_over(conn: &mut Conn, name: &str, now_ms: i64) -> Result<u64, StoreError> {
     let collation = schema::name_collation(conn)?;
     schema::convert_table(conn, "hamq_epoch", collation)?;
+    lock::add_fence_column(conn)?;
     lock::take_over(conn, name, now_ms)
 }
 

@@ -141,7 +141,7 @@ pub(super) fn prepare(conn: &mut Conn) -> Result<(), StoreError> {
     for statement in CREATE {
         conn.query_drop(with_names(statement, collation))?;
     }
-    check_engines(conn)?;
+    check_engines(conn, TABLES)?;
     for table in TABLES {
         convert_table(conn, table, collation)?;
     }
@@ -172,7 +172,7 @@ pub(super) fn prepare(conn: &mut Conn) -> Result<(), StoreError> {
 }
 
 /// A table created by hand (or by an old default) with another engine has no transactions.
-fn check_engines(conn: &mut Conn) -> Result<(), StoreError> {
+pub(super) fn check_engines(conn: &mut Conn, tables: &[&str]) -> Result<(), StoreError> {
     let rows: Vec<Row> = conn.query(
         "SELECT TABLE_NAME, ENGINE FROM information_schema.TABLES
          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE 'hamq\\_%'",
@@ -180,7 +180,7 @@ fn check_engines(conn: &mut Conn) -> Result<(), StoreError> {
     for row in rows {
         let table: String = column(&row, 0)?;
         let engine: String = column::<Option<String>>(&row, 1)?.unwrap_or_default();
-        if TABLES.contains(&table.as_str()) && !engine.eq_ignore_ascii_case("InnoDB") {
+        if tables.contains(&table.as_str()) && !engine.eq_ignore_ascii_case("InnoDB") {
             return Err(StoreError::Unfit(format!(
                 "table {table} uses engine {engine}; hamq needs InnoDB \
                  (ALTER TABLE {table} ENGINE=InnoDB)"

@@ -47,7 +47,15 @@ pub struct Fence {
     pub epoch: u64,
     /// Longest idle time before an empty fenced transaction.
     pub keepalive: Duration,
+    /// Fence each transaction by a write to the epoch row (`lock::fence_by_write`), which a
+    /// cluster certifies, instead of a locking read (`lock::check_epoch`), which only one server
+    /// enforces. Set with `election = lease`.
+    pub certified: bool,
 }
+
+/// How often a batch that lost a certification conflict (on a cluster) is tried again before
+/// the writer gives up.
+const CONFLICT_RETRIES: usize = 3;
 
 /// What the writer has done so far, for /metrics: its batch size is `operations /
 /// transactions`, its mean transaction time `busy_micros / transactions`.
@@ -202,7 +210,7 @@ impl Writer {
     /// data, each operation is tried alone (see the module doc).
     fn commit(&mut self, mut batch: Vec<Pending>) -> Result<(), Failed> {
         let saved = self.save_durables(&batch);
-        match self.attempt(&mut batch) {
+        match self.attempt_with_retries(&mut batch, &saved) {
             Ok(outcome) => {
                 self.finish(batch, outcome);
                 Ok(())
@@ -230,7 +238,7 @@ impl Writer {
         while let Some(pending) = rest.next() {
             let mut one = vec![pending];
             let saved = self.save_durables(&one);
-            match self.attempt(&mut one) {
+            match self.attempt_with_retries(&mut one, &saved) {
                 Ok(outcome) => self.finish(one, outcome),
                 Err(error) if error.is_rejection() => {
                     self.restore_durables(saved);
@@ -243,6 +251,30 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// `attempt`, again after a lost certification (1213 on a cluster): another node's write
+    /// set won. If that was a new master's epoch bump, the next attempt's fence finds the epoch
+    /// moved and fails as deposed; anything else is tried again, a few times.
+    fn attempt_with_retries(
+        &mut self,
+        batch: &mut [Pending],
+        saved: &Option<Durables>,
+    ) -> Result<Outcome, StoreError> {
+        let mut tries = 0;
+        loop {
+            match self.attempt(batch) {
+                Err(e) if self.fence.certified && e.code() == Some(super::DEADLOCK) => {
+                    tries += 1;
+                    if tries > CONFLICT_RETRIES {
+                        return Err(e);
+                    }
+                    log::info!("a batch lost a certification conflict ({e}); trying it again");
+                    self.restore_durables(saved.clone());
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The index of durable subscriptions, kept for a batch that changes it (it is small).
@@ -321,6 +353,9 @@ impl Writer {
     /// Whether the batch is SENDs with one stored row that needs no durable entries (a lone
     /// producer sending to a queue: the case where round trips are most of the cost).
     fn one_insert_does(&self, batch: &[Pending]) -> bool {
+        if self.fence.certified {
+            return false;
+        }
         let mut rows = 0;
         for pending in batch {
             let Work::Commit { sends, removals } = &pending.work else {
@@ -374,7 +409,11 @@ impl Writer {
     /// One fenced transaction: the epoch check, every operation, the gathered rows, COMMIT.
     fn write(&mut self, batch: &mut [Pending], out: &mut Outcome) -> Result<(), StoreError> {
         let mut tx = self.conn.start_transaction(TxOpts::default())?;
-        if let Err(e) = lock::check_epoch(&mut tx, self.fence.epoch) {
+        let fenced = match self.fence.certified {
+            true => lock::fence_by_write(&mut tx, self.fence.epoch),
+            false => lock::check_epoch(&mut tx, self.fence.epoch),
+        };
+        if let Err(e) = fenced {
             give_up(tx, &e);
             return Err(e);
         }

@@ -1,0 +1,308 @@
+//! The lease election (`election = lease`), on the election thread, with connections of its
+//! own: the election connection (reads, claims and renews the lease on the configured server),
+//! `presence` (the same server: the row lock of `hamq_lock`, held while master) and, as a slave,
+//! `watch` (the lease holder's node: waits on the holder's presence). See `store::lease` for
+//! why both a lease and a presence.
+//!
+//! Slave, in a loop: read the lease. Free or lapsed (by the database's clock): take our own
+//! presence, then claim the lease. Held, with the holder's presence on our own node: wait on our
+//! presence, which we get the moment the holder's ends, then take the lease from exactly that
+//! holder and term. Held elsewhere: wait on the holder's presence through a connection to its
+//! node (checked to be that node); once it ends, the same. Each wait is bounded by one lock wait
+//! (1 s), and never waits past the lease's end, so a lapsed lease is seen within a second.
+//!
+//! Master: renew the lease every keepalive (a tenth of it) and keep the presence alive; a
+//! renewal that fails, finds the lease taken, or stalls stops the broker at once, well before
+//! the lease lapses for anyone else.
+
+use super::{connect, serve_as_master, Ctx, Ended, Mastership, Waiting, LOCK_WAIT};
+use crate::store::lease::{self, Claimant, Lease};
+use crate::store::lock::{self, Held};
+use crate::store::topology::{self, Database};
+use crate::store::{self, StoreError, DEADLOCK};
+use mysql::Conn;
+use std::time::Duration;
+
+/// A slave that cannot watch the holder's presence reads the lease this often.
+const POLL: Duration = Duration::from_millis(200);
+/// Clock differences between database nodes worth a warning.
+const CLOCK_WARNING_US: i64 = 500_000;
+
+pub(super) fn elect(ctx: &Ctx<'_>, mut conn: Conn, database: &Database) -> Ended {
+    let address = match store::address_of(&ctx.config.datastore) {
+        Ok(address) => address,
+        Err(e) => return Ended::Reconnect(e),
+    };
+    let me = Claimant {
+        name: &ctx.config.name,
+        node: &database.node,
+        address: &address,
+        lease: ctx.config.lease,
+    };
+    let mut presence = match own_node(ctx, database, &address) {
+        Ok(presence) => presence,
+        Err(e) => return Ended::Reconnect(e),
+    };
+    let mut slave = Slave::default();
+    while !ctx.shutdown.is_stopping() {
+        let lease = match lease::read(&mut conn) {
+            Ok(lease) => lease,
+            Err(e) => return Ended::Reconnect(e),
+        };
+        slave.check_clocks(&lease);
+        let gone = slave.gone.as_ref() == Some(&(lease.holder.clone(), lease.term));
+        let here = !lease.node.is_empty() && lease.node == database.node;
+        if lease.is_free() || gone || here {
+            match claim(ctx, (&mut conn, &mut presence), &me, &lease) {
+                Claim::Won(ended) => return ended,
+                Claim::Failed(e) => return Ended::Reconnect(e),
+                Claim::Lost => {}
+            }
+        } else {
+            slave.watch(ctx, &lease);
+        }
+        let holder = match lock::holder(&mut conn) {
+            Ok(holder) => holder,
+            Err(e) => return Ended::Reconnect(e),
+        };
+        let lapses = match lease.holder.is_empty() {
+            true => String::new(),
+            false => format!(
+                "; its lease lapses in {} ms",
+                lease.remaining_us.max(0) / 1000
+            ),
+        };
+        slave.waiting.log(ctx, (&holder.0, holder.1), &lapses);
+    }
+    Ended::Stopping
+}
+
+/// The presence connection, on the same node as the election connection (a proxy might route
+/// two connections to two nodes, where row locks do not meet).
+fn own_node(ctx: &Ctx<'_>, database: &Database, address: &str) -> Result<Conn, StoreError> {
+    let mut presence = connect(ctx.config, None)?;
+    let node = topology::detect(&mut presence)?.node;
+    if node != database.node {
+        return Err(StoreError::Unfit(format!(
+            "two connections to {} reached two servers ({} and {node}): a lease election \
+             needs a stable route to one node",
+            address, database.node
+        )));
+    }
+    Ok(presence)
+}
+
+/// What a try for the lease came to.
+enum Claim {
+    /// Won, was master, and that ended.
+    Won(Ended),
+    /// Someone else holds it, or won the race.
+    Lost,
+    Failed(StoreError),
+}
+
+/// Take our presence (waiting one lock wait at most), then the lease: free or lapsed, or from
+/// the holder whose presence is known to be gone.
+fn claim(
+    ctx: &Ctx<'_>,
+    (conn, presence): (&mut Conn, &mut Conn),
+    me: &Claimant<'_>,
+    seen: &Lease,
+) -> Claim {
+    let taken = lock::with_lock(presence, false, |held| {
+        let claimed = match seen.is_free() {
+            true => lease::take(conn, me),
+            false => lease::steal(conn, me, &seen.holder, seen.term),
+        };
+        match claimed {
+            Ok(Some(term)) => {
+                log::info!(
+                    "took the lease (term {term}, {} s, renewed every {} ms){}",
+                    ctx.config.lease.as_secs(),
+                    ctx.config.keepalive().as_millis(),
+                    match seen.is_free() {
+                        true => String::new(),
+                        false => format!(" from {}, whose presence ended", seen.holder),
+                    }
+                );
+                Claim::Won(hold(ctx, held, conn, me, term))
+            }
+            Ok(None) => {
+                let _ = held.release();
+                Claim::Lost
+            }
+            Err(e) => {
+                let _ = held.release();
+                Claim::Failed(e)
+            }
+        }
+    });
+    match taken {
+        Ok(Some(claim)) => claim,
+        // Our node's presence is still held: by the holder, which is alive.
+        Ok(None) => Claim::Lost,
+        Err(e) => Claim::Failed(e),
+    }
+}
+
+/// Master: renew the lease and keep the presence until released or lost.
+fn hold(ctx: &Ctx<'_>, presence: Held<'_>, conn: &mut Conn, me: &Claimant<'_>, term: u64) -> Ended {
+    let leased = Leased {
+        presence: Some(presence),
+        conn,
+        me,
+        term,
+    };
+    serve_as_master(ctx, leased)
+}
+
+struct Leased<'a, 'c, 'm> {
+    /// None once its connection broke.
+    presence: Option<Held<'a>>,
+    conn: &'c mut Conn,
+    me: &'c Claimant<'m>,
+    term: u64,
+}
+
+impl Mastership for Leased<'_, '_, '_> {
+    fn prove(&mut self) -> Result<(), String> {
+        let Some(presence) = self.presence.as_mut() else {
+            return Err("the presence lock is gone".to_string());
+        };
+        if let Err(e) = presence.keepalive() {
+            if let Some(presence) = self.presence.take() {
+                presence.abandon();
+            }
+            return Err(format!("keep-alive failed: {e}"));
+        }
+        match lease::renew(self.conn, self.me, self.term) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.taken_by()),
+            // A claim raced this renewal: only a lapsed lease can be claimed, so it is
+            // someone else's now, unless the claim lost.
+            Err(e) if e.code() == Some(DEADLOCK) => match lease::read(self.conn) {
+                Ok(now) if now.holder == self.me.name && now.term == self.term => Ok(()),
+                _ => Err(self.taken_by()),
+            },
+            Err(e) => Err(format!("lease renewal failed: {e}")),
+        }
+    }
+
+    fn release(self) {
+        if let Err(e) = lease::release(self.conn, self.me.name, self.term) {
+            log::debug!("releasing the lease: {e}");
+        }
+        if let Some(presence) = self.presence {
+            let _ = presence.release();
+        }
+        log::info!("released the lock");
+    }
+}
+
+impl Leased<'_, '_, '_> {
+    fn taken_by(&mut self) -> String {
+        match lease::read(self.conn) {
+            Ok(now) => format!(
+                "the lease is held by {} (term {}) now",
+                now.holder, now.term
+            ),
+            Err(e) => format!("the lease is no longer ours ({e})"),
+        }
+    }
+}
+
+/// What a slave knows between reads of the lease.
+#[derive(Default)]
+struct Slave {
+    waiting: Waiting,
+    /// A connection to the holder's node: its address, and the connection.
+    watch: Option<(String, Conn)>,
+    /// The holder and term whose presence ended while it held the lease.
+    gone: Option<(String, u64)>,
+    /// The address and term whose node could not be watched: not tried again in that term.
+    unwatchable: Option<(String, u64)>,
+    warned_clock: bool,
+}
+
+impl Slave {
+    /// Wait on the holder's presence, on its node, for one lock wait at most and never past
+    /// the lease's end; notes in `gone` when it ends.
+    fn watch(&mut self, ctx: &Ctx<'_>, lease: &Lease) {
+        let until_lapse = Duration::from_micros(lease.remaining_us.max(0) as u64);
+        let blocked = self.unwatchable.as_ref() == Some(&(lease.address.clone(), lease.term));
+        if blocked || lease.node.is_empty() || until_lapse < LOCK_WAIT {
+            ctx.shutdown
+                .sleep(POLL.min(until_lapse + Duration::from_millis(10)));
+            return;
+        }
+        let Some(watch) = self.watch_connection(ctx, lease) else {
+            return;
+        };
+        match lock::with_lock(watch, false, |held| held.release()) {
+            Ok(Some(_)) => {
+                log::info!(
+                    "the presence of {} (term {}) on {} ended: taking over before its lease lapses",
+                    lease.holder,
+                    lease.term,
+                    lease.node
+                );
+                self.gone = Some((lease.holder.clone(), lease.term));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                log::info!("watching {}: {e}", lease.address);
+                self.watch = None;
+            }
+        }
+    }
+
+    /// The connection to the holder's node, opened (and checked to reach that very node) if
+    /// needed. None when it cannot be: the lease's end is then what tells.
+    fn watch_connection(&mut self, ctx: &Ctx<'_>, lease: &Lease) -> Option<&mut Conn> {
+        if self
+            .watch
+            .as_ref()
+            .is_some_and(|(a, _)| *a != lease.address)
+        {
+            self.watch = None;
+        }
+        if self.watch.is_none() {
+            let opened = connect(ctx.config, Some(&lease.address)).and_then(|mut c| {
+                let node = topology::detect(&mut c)?.node;
+                match node == lease.node {
+                    true => Ok(c),
+                    false => Err(StoreError::Unfit(format!("it reached {node}"))),
+                }
+            });
+            match opened {
+                Ok(conn) => self.watch = Some((lease.address.clone(), conn)),
+                Err(e) => {
+                    log::info!(
+                        "cannot watch the master's node {} at {} ({e}): waiting for its lease \
+                         to lapse instead",
+                        lease.node,
+                        lease.address
+                    );
+                    self.unwatchable = Some((lease.address.clone(), lease.term));
+                    return None;
+                }
+            }
+        }
+        self.watch.as_mut().map(|(_, conn)| conn)
+    }
+
+    /// Warn once when the holder's node's clock runs ahead of this node's: its lease lasts
+    /// that much longer as this node sees it.
+    fn check_clocks(&mut self, lease: &Lease) {
+        if lease.ahead_us > CLOCK_WARNING_US && !self.warned_clock {
+            log::warn!(
+                "the clock of {}'s database node ({}) is {} ms ahead of this node's: its lease \
+                 lasts that much longer here; keep the nodes' clocks in step (NTP)",
+                lease.holder,
+                lease.node,
+                lease.ahead_us / 1000
+            );
+            self.warned_clock = true;
+        }
+    }
+}

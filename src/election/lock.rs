@@ -1,0 +1,62 @@
+//! The row-lock election (`election = lock`), on the election thread.
+//!
+//! As a slave it retries `SELECT ... FOR UPDATE` at once after each 1 s lock wait, logging who
+//! holds the lock, and never writes or runs DDL (beyond creating the lock tables the very first
+//! time). The first try on a connection does not wait, so a slave says at once who holds it. As
+//! master it holds the transaction open and uses its connection every keepalive.
+
+use super::{serve_as_master, Ctx, Ended, Mastership, Waiting};
+use crate::store::lock::{self, Held};
+use mysql::Conn;
+
+pub(super) fn elect(ctx: &Ctx<'_>, mut conn: Conn) -> Ended {
+    let mut waiting = Waiting::default();
+    let mut nowait = true;
+    while !ctx.shutdown.is_stopping() {
+        let won = lock::with_lock(&mut conn, std::mem::take(&mut nowait), |held| {
+            hold(ctx, held)
+        });
+        match won {
+            Ok(Some(ended)) => return ended,
+            Ok(None) => match lock::holder(&mut conn) {
+                Ok(holder) => waiting.log(ctx, (&holder.0, holder.1), ""),
+                Err(e) => return Ended::Reconnect(e),
+            },
+            Err(e) => return Ended::Reconnect(e),
+        }
+    }
+    Ended::Stopping
+}
+
+/// Master: keep the lock's transaction alive until released or lost.
+fn hold(ctx: &Ctx<'_>, held: Held<'_>) -> Ended {
+    serve_as_master(ctx, Locked(Some(held)))
+}
+
+/// The lock's transaction; None once its connection broke.
+struct Locked<'a>(Option<Held<'a>>);
+
+impl Mastership for Locked<'_> {
+    fn prove(&mut self) -> Result<(), String> {
+        let Some(held) = self.0.as_mut() else {
+            return Err("the lock is gone".to_string());
+        };
+        held.keepalive().map_err(|e| {
+            // The connection broke: the server already dropped the transaction with it.
+            if let Some(held) = self.0.take() {
+                held.abandon();
+            }
+            format!("keep-alive failed: {e}")
+        })
+    }
+
+    fn release(self) {
+        if let Some(held) = self.0 {
+            match held.release() {
+                Ok(()) => log::info!("released the lock"),
+                // Already gone with its connection (the reason was logged when we stopped).
+                Err(e) => log::debug!("releasing the lock: {e}"),
+            }
+        }
+    }
+}
