@@ -7,87 +7,17 @@
 
 mod common;
 
-use common::{free_port, shared_mariadb, Broker, Client, Load, MariaDb, QUEUE, TIMEOUT};
+use common::{
+    shared_mariadb, Broker, Client, Load, MariaDb, Pair, PAIR_LEASE, QUEUE, STEP, TIMEOUT,
+};
 use mysql::prelude::Queryable;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-/// Lease for these tests (seconds): short, so freeze tests stay quick.
-const LEASE: &str = "3";
-const STEP: Duration = Duration::from_secs(5);
-
-/// Two brokers on one database, each on its own fixed port.
-struct Pair {
-    url: String,
-    names: [String; 2],
-    ports: [u16; 2],
-    brokers: [Option<Broker>; 2],
-}
-
-impl Pair {
-    /// Broker 0 becomes master; broker 1 is waiting for the lock when this returns.
-    fn start(url: &str) -> Pair {
-        let mut pair = Pair {
-            url: url.to_string(),
-            names: ["alpha".to_string(), "beta".to_string()],
-            ports: [free_port(), free_port()],
-            brokers: [None, None],
-        };
-        pair.spawn(0);
-        pair.broker(0).stomp_port();
-        pair.spawn(1);
-        pair.broker(1)
-            .wait_for_log("waiting for the lock (held by alpha", STEP);
-        pair
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let listen = format!("127.0.0.1:{}", self.ports[i]);
-        let env = [
-            ("HAMQ_STOMP_LISTEN", listen.as_str()),
-            ("HAMQ_LEASE", LEASE),
-        ];
-        self.brokers[i] = Some(Broker::spawn_with_name(&self.names[i], &self.url, &env));
-    }
-
-    /// Where the load's clients reach the two brokers.
-    fn addrs(&self) -> [SocketAddr; 2] {
-        self.ports
-            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
-    }
-
-    fn broker(&mut self, i: usize) -> &mut Broker {
-        self.brokers[i].as_mut().expect("broker running")
-    }
-
-    /// Wait until broker `i` logs that it listens; returns how long that took.
-    fn await_master(&mut self, i: usize, bound: Duration) -> Duration {
-        let start = Instant::now();
-        self.broker(i).wait_for_log("listening for STOMP", bound);
-        start.elapsed()
-    }
-
-    /// Play the supervisor: wait for broker `i` to exit, check its code, start it again.
-    fn restart_after_exit(&mut self, i: usize, expect_code: i32) {
-        let status = self
-            .broker(i)
-            .wait_exit(STEP * 3)
-            .expect("broker did not exit");
-        assert_eq!(
-            status.code(),
-            Some(expect_code),
-            "exit code of {}",
-            self.names[i]
-        );
-        self.spawn(i);
-    }
-}
 
 #[test]
 fn slave_opens_no_port_and_names_the_holder() {
     let url = shared_mariadb().create_database();
     let mut pair = Pair::start(&url);
-    let slave_port = pair.ports[1];
+    let slave_port = pair.port(1);
     assert!(Client::try_connect(slave_port, Duration::from_millis(300)).is_none());
     assert!(std::net::TcpStream::connect(("127.0.0.1", slave_port)).is_err());
     let log = pair
@@ -138,7 +68,7 @@ fn frozen_master_loses_the_lock_and_steps_down_when_resumed() {
     load.progress(200);
     pair.broker(0).sigstop();
     let took = pair.await_master(1, Duration::from_secs(3 + 5));
-    eprintln!("takeover after SIGSTOP (lease {LEASE} s): {took:?}");
+    eprintln!("takeover after SIGSTOP (lease {PAIR_LEASE} s): {took:?}");
     load.progress(200);
     pair.broker(0).sigcont();
     pair.broker(0).wait_for_log("lost the lock", STEP);
@@ -222,11 +152,11 @@ fn the_documented_privileges_are_enough() {
     }
     let url = format!("mysql://{user}:pw@127.0.0.1:{}/{name}", db.port());
     let mut pair = Pair::start(&url);
-    let mut c = Client::connect(pair.ports[0]);
+    let mut c = Client::connect(pair.port(0));
     c.send_with_receipt(QUEUE, "kept", &[]);
     pair.broker(0).kill9();
     pair.await_master(1, STEP);
-    let mut c = Client::connect(pair.ports[1]);
+    let mut c = Client::connect(pair.port(1));
     c.subscribe(QUEUE, "s", "auto", &[]);
     assert_eq!(c.recv(STEP).text(), "kept");
 }

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{free_port, Broker, Client, Load, MariaDb, NetNs};
+use common::{free_port, Client, Load, MariaDb, NetNs, Pair, Side};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 const LEASE: Duration = Duration::from_secs(3);
 const STEP: Duration = Duration::from_secs(5);
-const NAMES: [&str; 2] = ["alpha", "beta"];
 
 /// The namespace, or `None` (after saying so) when this kernel or user cannot make one.
 fn namespace_or_skip(veths: usize) -> Option<NetNs> {
@@ -43,65 +42,34 @@ fn database_for(ns: &NetNs) -> MariaDb {
     db
 }
 
-/// Alpha (index 0) in the namespace, beta (1) on the host, on one database.
-struct Pair {
-    urls: [String; 2],
-    /// How each broker is started: alpha through `ip netns exec`.
-    wrappers: [Vec<String>; 2],
-    listen: [String; 2],
-    /// Where the clients on the host reach them.
-    addrs: [SocketAddr; 2],
-    brokers: [Option<Broker>; 2],
-}
-
-impl Pair {
-    /// Alpha reaches the database over veth 0 and its clients reach it over veth
-    /// `client_veth`. Alpha is master and beta waits for the lock when this returns.
-    fn start(ns: &NetNs, db: &MariaDb, client_veth: usize) -> Pair {
-        let url = db.create_database();
-        let via_veth = format!("@{}:", ns.veth(0).host_ip);
-        let alpha_url = url.replacen("@127.0.0.1:", &via_veth, 1);
-        assert_ne!(alpha_url, url, "unexpected database URL {url}");
-        let ports = [free_port(), free_port()];
-        let mut pair = Pair {
-            urls: [alpha_url, url],
-            wrappers: [ns.exec_prefix(), Vec::new()],
-            listen: [
-                format!("0.0.0.0:{}", ports[0]),
-                format!("127.0.0.1:{}", ports[1]),
-            ],
-            addrs: [
-                SocketAddr::from((ns.veth(client_veth).ns_ip, ports[0])),
-                SocketAddr::from(([127, 0, 0, 1], ports[1])),
-            ],
-            brokers: [None, None],
-        };
-        pair.spawn(0);
-        pair.broker(0).stomp_port();
-        assert!(
-            Client::try_connect_addr(pair.addrs[0], STEP).is_some(),
-            "alpha does not answer CONNECT at {} from the host",
-            pair.addrs[0]
-        );
-        pair.spawn(1);
-        pair.broker(1)
-            .wait_for_log("waiting for the lock (held by alpha", STEP);
-        pair
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let lease = LEASE.as_secs().to_string();
-        let env = [
-            ("HAMQ_STOMP_LISTEN", self.listen[i].as_str()),
-            ("HAMQ_LEASE", lease.as_str()),
-        ];
-        let broker = Broker::spawn_wrapped(&self.wrappers[i], NAMES[i], &self.urls[i], &env);
-        self.brokers[i] = Some(broker);
-    }
-
-    fn broker(&mut self, i: usize) -> &mut Broker {
-        self.brokers[i].as_mut().expect("broker running")
-    }
+/// Alpha (index 0) in the namespace, beta (1) on the host, on one database. Alpha reaches the
+/// database over veth 0 and its clients reach it over veth `client_veth`. Alpha is master and
+/// beta waits for the lock when this returns.
+fn start_pair(ns: &NetNs, db: &MariaDb, client_veth: usize) -> Pair {
+    let url = db.create_database();
+    let via_veth = format!("@{}:", ns.veth(0).host_ip);
+    let alpha_url = url.replacen("@127.0.0.1:", &via_veth, 1);
+    assert_ne!(alpha_url, url, "unexpected database URL {url}");
+    let port = free_port();
+    let alpha = Side {
+        url: alpha_url,
+        wrapper: ns.exec_prefix(),
+        listen: format!("0.0.0.0:{port}"),
+        addr: SocketAddr::from((ns.veth(client_veth).ns_ip, port)),
+    };
+    let lease = LEASE.as_secs().to_string();
+    let mut pair = Pair::unstarted([alpha, Side::local(&url)], &lease);
+    pair.spawn(0);
+    pair.broker(0).stomp_port();
+    assert!(
+        Client::try_connect_addr(pair.addrs()[0], STEP).is_some(),
+        "alpha does not answer CONNECT at {} from the host",
+        pair.addrs()[0]
+    );
+    pair.spawn(1);
+    pair.broker(1)
+        .wait_for_log("waiting for the lock (held by alpha", STEP);
+    pair
 }
 
 /// What happened after the cut, measured from just before it.
@@ -191,8 +159,8 @@ fn network_cut_between_master_and_database() {
     };
     let db = database_for(&ns);
     // Alpha's clients use the same veth: the cut takes alpha off the database and the clients.
-    let mut pair = Pair::start(&ns, &db, 0);
-    let load = Load::start(pair.addrs);
+    let mut pair = start_pair(&ns, &db, 0);
+    let load = Load::start(pair.addrs());
     load.progress(200);
     let (cut, _) = cut_and_fail_over(&ns, &mut pair);
     load.progress(200);
@@ -282,9 +250,9 @@ fn database_cut_while_clients_still_reach_the_master() {
     };
     let db = database_for(&ns);
     // Veth 0 carries alpha's database traffic only, veth 1 its clients (and stays up).
-    let mut pair = Pair::start(&ns, &db, 1);
-    let load = Load::start(pair.addrs);
-    let watch = Watch::start(pair.addrs[0]);
+    let mut pair = start_pair(&ns, &db, 1);
+    let load = Load::start(pair.addrs());
+    let watch = Watch::start(pair.addrs()[0]);
     load.progress(200);
     assert!(
         watch.receipts(0) > 0 && watch.receipts(1) > 0,

@@ -1,8 +1,8 @@
 //! The load of the failover tests, against two brokers of which at most one may be master: two
 //! producers sending persistent messages with a receipt each, one consumer acking each message
 //! (client-individual, with receipts), and a probe that CONNECTs to both brokers all the time.
-//! [`Load::finish`] asserts zero receipted messages lost, zero acked messages redelivered and
-//! never both brokers answering CONNECT at once.
+//! [`Load::finish`] asserts zero receipted messages lost, zero acked messages redelivered, every
+//! redelivery flagged `redelivered:true`, and never both brokers answering CONNECT at once.
 //!
 //! Brokers are given by address (index 0 and 1), so one may live in a network namespace.
 
@@ -226,6 +226,11 @@ fn consume(addrs: [SocketAddr; 2], stop: &AtomicBool, abort: &AtomicBool, ledger
                     let body = m.text();
                     if ledger.acked.lock().unwrap().contains(&body) {
                         ledger.violation(format!("acked message {body} delivered again"));
+                    }
+                    let again = ledger.received.lock().unwrap().contains(&body);
+                    if again && m.header("redelivered") != Some("true") {
+                        ledger
+                            .violation(format!("{body} delivered again without redelivered:true"));
                     }
                     ledger.received.lock().unwrap().insert(body.clone());
                     let ack = m.header("ack").unwrap_or_default().to_string();

@@ -422,7 +422,7 @@ extern "C" fn stop_shared() {
 }
 
 /// Finds `name` in PATH, then /usr/sbin and /usr/bin; panics saying how to install it.
-fn find_binary(name: &str) -> PathBuf {
+pub(super) fn find_binary(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])

@@ -9,8 +9,10 @@
 //! - [`Client`] and [`Frame`]: a minimal STOMP client with its own parser, independent of the
 //!   crate's codec, so a codec bug cannot hide itself in the tests.
 //! - [`Certs`]: a throwaway CA and server certificate (PEM files) for TLS tests.
-//! - [`Load`]: the failover tests' producers, consumer and CONNECT probe, and their checks.
+//! - [`Load`]: the failover tests' producers, consumer and CONNECT probe, and their checks;
+//!   [`Pair`]: the two brokers they run against.
 //! - [`NetNs`]: a network namespace joined to the host by veth pairs, for network cuts.
+//! - [`Galera`]: a real 3-node MariaDB Galera cluster (nodes optionally in a namespace).
 //!
 //! Every process started here is stopped by PID by a guard whose `Drop` kills and waits, also
 //! when the test fails, and gets SIGKILL if the test process dies abruptly (see `process`).
@@ -24,10 +26,12 @@
 mod broker;
 mod certs;
 mod client;
+mod galera;
 mod load;
 mod mariadb;
 mod netns;
 mod output;
+mod pair;
 pub mod probe;
 mod process;
 pub mod supervise;
@@ -35,9 +39,11 @@ pub mod supervise;
 pub use broker::{hamq_hash, hash_password, Broker};
 pub use certs::Certs;
 pub use client::{Client, Frame, TIMEOUT};
+pub use galera::{Galera, NodeSpec};
 pub use load::{Ledger, Load, QUEUE};
 pub use mariadb::{shared_mariadb, shared_mariadb_of, Flavour, MariaDb};
 pub use netns::{Cut, NetNs, Veth};
+pub use pair::{Pair, Side, PAIR_LEASE, STEP};
 pub use process::{free_port, poll, wait_or_kill};
 
 use std::process::{Command, Stdio};
