@@ -117,7 +117,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(1);
 /// A slave repeats its "waiting for the lock" line at least this often.
 const WAITING_LOG_EVERY: Duration = Duration::from_secs(60);
 /// How often a broker that found its database unfit for a master looks again.
-const UNFIT_RECHECK: Duration = Duration::from_secs(5);
+const UNFIT_RECHECK: Duration = Duration::from_secs(2);
 
 pub fn spawn(
     config: Arc<Config>,
@@ -166,6 +166,8 @@ enum Ended {
 
 fn run(ctx: &Ctx<'_>) {
     let mut delay = Duration::from_millis(100);
+    // The database the warnings were last given for: once, not at every reconnect.
+    let mut warned: Option<Database> = None;
     while !ctx.shutdown.is_stopping() {
         let (conn, database) = match open(ctx.config) {
             Ok(found) => {
@@ -188,6 +190,12 @@ fn run(ctx: &Ctx<'_>) {
             r.database = database.to_string();
             r.election = Some(kind);
         });
+        if warned.as_ref() != Some(&database) {
+            for warning in database.warnings(kind) {
+                log::warn!("{warning}");
+            }
+            warned = Some(database.clone());
+        }
         if let Some(why) = database.unfit_for_master() {
             log::warn!(
                 "not trying for the lock: {why}; a master needs a writable server \

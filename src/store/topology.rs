@@ -70,6 +70,8 @@ pub struct Database {
     pub node: String,
     /// Galera's per-transaction limits (`wsrep_max_ws_rows`, 0 = none; `wsrep_max_ws_size`).
     pub write_set_limits: Option<(u64, u64)>,
+    /// Binary logging is on: the server may have replicas.
+    pub log_bin: bool,
 }
 
 impl Database {
@@ -107,9 +109,32 @@ impl Database {
         }
     }
 
-    /// Whether the connection should wait for replicated writes before it reads (Galera).
-    pub fn is_galera(&self) -> bool {
-        matches!(self.kind, Kind::Galera { .. })
+    /// What a master on this database should be warned of, if anything: replication that may
+    /// lose committed rows when the database fails over, or an election that is not safe here.
+    pub fn warnings(&self, election: Election) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let clustered = matches!(
+            self.kind,
+            Kind::Galera { .. } | Kind::GroupReplication { .. }
+        );
+        if !clustered && self.log_bin && self.semi_sync != Some(true) {
+            warnings.push(
+                "binary logging is on and semi-synchronous replication is off: if the \
+                 database fails over to an asynchronous replica, messages that got their \
+                 RECEIPT just before may be lost with the rows the replica never received \
+                 (turn on rpl_semi_sync_master_enabled, with rpl_semi_sync_master_wait_point \
+                 = AFTER_SYNC)"
+                    .to_string(),
+            );
+        }
+        if clustered && election == Election::Lock {
+            warnings.push(
+                "election = lock on a cluster: row locks are not exclusive across its nodes, \
+                 so brokers on two nodes can both become master (use election = auto or lease)"
+                    .to_string(),
+            );
+        }
+        warnings
     }
 }
 
@@ -158,7 +183,7 @@ const VARIABLES: &str = "'version', 'version_comment', 'hostname', 'port', 'read
      'super_read_only', 'innodb_read_only', 'wsrep_on', 'wsrep_node_name', \
      'wsrep_max_ws_rows', 'wsrep_max_ws_size', 'rpl_semi_sync_master_enabled', \
      'rpl_semi_sync_source_enabled', 'group_replication_group_name', \
-     'group_replication_single_primary_mode'";
+     'group_replication_single_primary_mode', 'log_bin'";
 
 const STATUS: &str = "'wsrep_cluster_size', 'wsrep_cluster_status', \
      'wsrep_local_state_comment', 'wsrep_ready'";
@@ -225,6 +250,7 @@ pub fn detect(conn: &mut Conn) -> Result<Database, StoreError> {
         semi_sync,
         node,
         write_set_limits,
+        log_bin: on("log_bin"),
     })
 }
 
@@ -320,6 +346,7 @@ mod tests {
             semi_sync: Some(false),
             node: "db1:3306 (node1)".to_string(),
             write_set_limits: Some((0, 2147483647)),
+            log_bin: false,
         }
     }
 
@@ -366,5 +393,20 @@ mod tests {
             "MariaDB 10.11.6"
         );
         assert_eq!(describe_version("8.0.36"), "MySQL 8.0.36");
+        let standalone = Database {
+            kind: Kind::Standalone,
+            read_only: None,
+            log_bin: true,
+            ..galera("Primary", "Synced")
+        };
+        assert!(standalone.warnings(Election::Lock)[0].contains("semi-synchronous"));
+        let semi = Database {
+            semi_sync: Some(true),
+            ..standalone
+        };
+        assert!(semi.warnings(Election::Lock).is_empty());
+        let cluster = galera("Primary", "Synced");
+        assert!(cluster.warnings(Election::Lease).is_empty());
+        assert!(cluster.warnings(Election::Lock)[0].contains("both become master"));
     }
 }

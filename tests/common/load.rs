@@ -90,8 +90,26 @@ impl Load {
         }
     }
 
-    /// Stop producing, let the consumer drain everything receipted, then check the ledger.
-    pub fn finish(mut self) {
+    /// Stop producing, let the consumer drain everything receipted, then check the ledger:
+    /// nothing lost, no violation.
+    pub fn finish(self) {
+        let outcome = self.stop_and_count();
+        assert!(
+            outcome.lost.is_empty(),
+            "{} receipted messages lost: {:?}",
+            outcome.lost.len(),
+            outcome.lost
+        );
+        assert!(
+            outcome.violations.is_empty(),
+            "violations: {:?}",
+            outcome.violations
+        );
+    }
+
+    /// Stop producing, let the consumer drain, and say what was lost and what went wrong
+    /// (for a database that may itself lose committed rows, such as asynchronous replication).
+    pub fn stop_and_count(mut self) -> Outcome {
         self.stop.store(true, Ordering::SeqCst);
         for t in std::mem::take(&mut self.threads) {
             t.join().expect("a load thread panicked");
@@ -100,27 +118,35 @@ impl Load {
         let receipted = ledger.receipted.lock().unwrap();
         let received = ledger.received.lock().unwrap();
         let acked = ledger.acked.lock().unwrap();
-        let lost: Vec<&String> = receipted.difference(&received).collect();
-        let violations = ledger.violations.lock().unwrap();
-        assert!(
-            lost.is_empty(),
-            "{} receipted messages lost: {lost:?}",
-            lost.len()
-        );
-        assert!(violations.is_empty(), "violations: {violations:?}");
+        let mut lost: Vec<String> = receipted.difference(&received).cloned().collect();
+        lost.sort();
         assert!(
             receipted.len() > 100,
             "too little traffic: {}",
             receipted.len()
         );
         eprintln!(
-            "load: {} sent, {} receipted, {} received, {} acked, 0 lost",
+            "load: {} sent, {} receipted, {} received, {} acked, {} lost",
             ledger.sent.load(Ordering::SeqCst),
             receipted.len(),
             received.len(),
-            acked.len()
+            acked.len(),
+            lost.len()
         );
+        Outcome {
+            receipted: receipted.len(),
+            lost,
+            violations: ledger.violations.lock().unwrap().clone(),
+        }
     }
+}
+
+/// What a load saw, from [`Load::stop_and_count`].
+pub struct Outcome {
+    pub receipted: usize,
+    /// Receipted and never delivered.
+    pub lost: Vec<String>,
+    pub violations: Vec<String>,
 }
 
 impl Drop for Load {

@@ -13,6 +13,7 @@
 //!   [`Pair`]: the two brokers they run against.
 //! - [`NetNs`]: a network namespace joined to the host by veth pairs, for network cuts.
 //! - [`Galera`]: a real 3-node MariaDB Galera cluster (nodes optionally in a namespace).
+//! - [`Proxy`]: a TCP proxy in front of a database that a test switches to another server.
 //!
 //! Every process started here is stopped by PID by a guard whose `Drop` kills and waits, also
 //! when the test fails, and gets SIGKILL if the test process dies abruptly (see `process`).
@@ -34,17 +35,19 @@ mod output;
 mod pair;
 pub mod probe;
 mod process;
+mod proxy;
 pub mod supervise;
 
 pub use broker::{hamq_hash, hash_password, Broker};
 pub use certs::Certs;
 pub use client::{Client, Frame, TIMEOUT};
 pub use galera::{Galera, NodeSpec};
-pub use load::{Ledger, Load, QUEUE};
+pub use load::{Ledger, Load, Outcome, QUEUE};
 pub use mariadb::{shared_mariadb, shared_mariadb_of, Flavour, MariaDb};
 pub use netns::{Cut, NetNs, Veth};
 pub use pair::{Pair, Side, PAIR_LEASE, STEP};
 pub use process::{free_port, poll, wait_or_kill};
+pub use proxy::Proxy;
 
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
