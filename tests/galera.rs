@@ -12,7 +12,9 @@
 
 mod common;
 
-use common::{free_port, Galera, Load, NetNs, NodeSpec, Pair, Side, STEP};
+use common::probe::http;
+use common::{free_port, Broker, Client, Galera, Load, NetNs, NodeSpec, Pair, Side, STEP};
+use mysql::prelude::Queryable;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -48,6 +50,7 @@ fn master_slave_on_galera() {
     loss_of_the_master_s_node(&mut cluster);
     master_s_node_leaves_the_primary_component(&cluster);
     whole_cluster_restart(&mut cluster);
+    write_set_limits(&cluster);
     drop(cluster);
     network_cut_of_the_master_s_node();
 }
@@ -238,4 +241,63 @@ fn network_cut_of_the_master_s_node() {
         took < lease() + Duration::from_secs(1),
         "network cut: {took:?}"
     );
+}
+
+/// With `wsrep_max_ws_rows` = 1500 on the master's node: a purge of 2,500 messages is
+/// committed in parts the cluster accepts, and a STOMP transaction of 1,600 SENDs (one write
+/// set over the limit) gets an ERROR naming the limit while the broker goes on serving.
+fn write_set_limits(cluster: &Galera) {
+    let db = cluster.create_database();
+    let status_port = free_port();
+    let status = format!("127.0.0.1:{status_port}");
+    let mut broker = Broker::start(&cluster.url(0, &db), &[("HAMQ_STATUS_LISTEN", &status)]);
+    cluster
+        .root(0)
+        .query_drop("SET GLOBAL wsrep_max_ws_rows = 1500")
+        .expect("set wsrep_max_ws_rows");
+    let mut c = Client::connect(broker.stomp_port());
+    for i in 0..2500 {
+        c.send("/queue/big-purge", format!("m{i}"));
+    }
+    c.send_with_receipt("/queue/big-purge", "last", &[]);
+    let (code, body) = http(status_port, "POST", "/admin/purge?destination=/queue/big-purge");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("purged 2501 messages"), "{body}");
+    let left = common::poll(STEP, Duration::from_millis(50), || {
+        let n: Option<u64> = cluster
+            .root(0)
+            .query_first(format!("SELECT COUNT(*) FROM `{db}`.hamq_messages"))
+            .ok()
+            .flatten();
+        (n == Some(0)).then_some(())
+    });
+    assert!(left.is_some(), "the purge did not reach the store");
+    c.send_frame_with_receipt("BEGIN", &[("transaction", "t")], b"");
+    for i in 0..1600 {
+        let body = format!("t{i}");
+        c.send_frame(
+            "SEND",
+            &[("destination", "/queue/big-tx"), ("transaction", "t")],
+            body.as_bytes(),
+        );
+    }
+    c.send_frame("COMMIT", &[("transaction", "t"), ("receipt", "c")], b"");
+    let error = loop {
+        let f = c.recv(STEP);
+        if f.command != "RECEIPT" {
+            break f;
+        }
+    };
+    assert_eq!(error.command, "ERROR", "{error:?}");
+    let message = error.header("message").unwrap_or_default();
+    assert!(message.contains("wsrep_max_ws_rows"), "{message}");
+    let mut after = Client::connect(broker.stomp_port());
+    after.send_with_receipt("/queue/big-tx", "after", &[]);
+    after.subscribe("/queue/big-tx", "s", "auto", &[]);
+    assert_eq!(after.recv(STEP).text(), "after");
+    assert!(broker.wait_exit(Duration::ZERO).is_none());
+    cluster
+        .root(0)
+        .query_drop("SET GLOBAL wsrep_max_ws_rows = 0")
+        .expect("reset wsrep_max_ws_rows");
 }

@@ -17,6 +17,8 @@
 //!   - 1153 `ER_NET_PACKET_TOO_LARGE`, 1301 `ER_WARN_ALLOWED_PACKET_OVERFLOWED`: one row larger
 //!     than the server's `max_allowed_packet` (the session refuses such frames before they get
 //!     here; this is the safety net).
+//!   - 1180 with `wsrep_max_ws_rows/size exceeded`: a transaction over a Galera cluster's
+//!     write-set limits (a STOMP transaction of that many SENDs and ACKs; purges are split).
 //!   - 1062 / 1586 duplicate key: only where the key is a client's name (a durable
 //!     subscription's client-id and name, see `apply`); a duplicate message id would be hamq's
 //!     own fault and stops the master like any other store-wide error.
@@ -82,6 +84,9 @@ pub const DEADLOCK: u16 = 1213;
 /// ER_UNKNOWN_COM_ERROR as Galera uses it: "WSREP has not yet prepared node for application
 /// use", the node is not a synced member of the primary component.
 pub const WSREP_NOT_READY: u16 = 1047;
+
+/// ER_ERROR_DURING_COMMIT.
+const ERROR_DURING_COMMIT: u16 = 1180;
 
 /// ER_DUP_ENTRY and ER_DUP_ENTRY_WITH_KEY_NAME.
 pub const DUPLICATE_KEY: [u16; 2] = [1062, 1586];
@@ -207,6 +212,15 @@ impl From<mysql::Error> for StoreError {
                  (WSREP has not yet prepared node for application use)"
                     .to_string(),
             );
+        }
+        // ER_ERROR_DURING_COMMIT is also Galera's answer to a transaction over its write-set
+        // limits, which only that transaction's size causes.
+        if server.code == ERROR_DURING_COMMIT && server.message.contains("wsrep_max_ws") {
+            return StoreError::Rejected(Rejection {
+                code: server.code,
+                problem: "the transaction is larger than the database cluster accepts \
+                          (wsrep_max_ws_rows, wsrep_max_ws_size)",
+            });
         }
         match DATA_ERRORS.iter().find(|(code, _)| *code == server.code) {
             Some(&(code, problem)) => StoreError::Rejected(Rejection { code, problem }),

@@ -53,6 +53,9 @@ pub struct Fence {
     pub certified: bool,
 }
 
+/// Most rows one purge transaction deletes (see `Writer::commit_split`).
+const PURGE_ROWS: usize = 1000;
+
 /// How often a batch that lost a certification conflict (on a cluster) is tried again before
 /// the writer gives up.
 const CONFLICT_RETRIES: usize = 3;
@@ -165,7 +168,7 @@ impl Writer {
                 }
             };
             let batch = batch.into_iter().map(Pending::new).collect();
-            if let Err((error, unanswered)) = self.commit(batch) {
+            if let Err((error, unanswered)) = self.commit_split(batch) {
                 log::error!("store write failed: {error}");
                 for pending in unanswered {
                     self.flow.committed(pending.work.weight());
@@ -204,6 +207,43 @@ impl Writer {
             }
         }
         batch
+    }
+
+    /// Commit a batch in transactions a cluster accepts: a purge of more than `PURGE_ROWS`
+    /// messages goes in transactions of its own, `PURGE_ROWS` rows each (Galera refuses a
+    /// write set over `wsrep_max_ws_rows` / `wsrep_max_ws_size`, and certifies a huge one
+    /// slowly). A purge cut short by a crash leaves the rest of its messages in the store.
+    fn commit_split(&mut self, batch: Vec<Pending>) -> Result<(), Failed> {
+        let mut parts: Vec<Vec<Pending>> = vec![Vec::new()];
+        for pending in batch {
+            match pending.work {
+                Work::Purge { ids } if ids.len() > PURGE_ROWS => {
+                    for chunk in ids.chunks(PURGE_ROWS) {
+                        let work = Work::Purge {
+                            ids: chunk.to_vec(),
+                        };
+                        parts.push(vec![Pending { work, done: None }]);
+                    }
+                    parts.push(Vec::new());
+                }
+                work => parts.last_mut().expect("a part").push(Pending {
+                    work,
+                    done: pending.done,
+                }),
+            }
+        }
+        let mut parts = parts.into_iter().filter(|p| !p.is_empty()).peekable();
+        if parts.peek().is_none() {
+            // The idle keep-alive: an empty, fenced transaction.
+            return self.commit(Vec::new());
+        }
+        while let Some(part) = parts.next() {
+            if let Err((error, mut unanswered)) = self.commit(part) {
+                unanswered.extend(parts.flatten());
+                return Err((error, unanswered));
+            }
+        }
+        Ok(())
     }
 
     /// Commit a batch and answer each of its operations. On a rejection of one operation's
