@@ -16,8 +16,9 @@
 //! - `message`: a message as the broker holds it, destinations, ids and the MESSAGE frame.
 //! - `queue`: one destination's pending messages in priority/arrival order.
 //! - `router`: the single routing thread: destinations, subscriptions, in-flight deliveries.
-//! - `store`: all SQL: lock and fencing epoch, schema, recovery, the group-commit writer thread,
-//!   body paging.
+//! - `store`: all SQL: connecting with session settings of its own, what the database is
+//!   (`topology`), the lock, lease and fencing epoch, the utf8mb4 schema and its conversion,
+//!   recovery, the group-commit writer thread, body paging, and the store's error classes.
 //! - `flow_control`: producer flow control: the store backlog budget and full queues, the gates
 //!   a SEND waits at.
 //! - `outbox`: a connection's bounded outgoing queue: delivery window, control credits, direct
@@ -27,7 +28,8 @@
 //! - `transport`: a connection's byte stream, plain TCP or TLS: certificate loading, the
 //!   handshake, the TLS state shared by the reader and writer threads.
 //! - `shutdown`: the stop signal every loop checks; wakes the accept loop.
-//! - `election`: the election thread: waits for the master lock as a slave, keeps it as master.
+//! - `election`: the election thread: looks at the database, then waits for the master lock
+//!   (a row lock, or on a cluster a lease with a presence lock) as a slave, keeps it as master.
 //! - `status`: the status listener (HTTP): /status, /health, /metrics and the admin endpoints.
 //! - `server`: process life: store connect, recovery, listener, accept loop, shutdown.
 

@@ -170,10 +170,12 @@ impl fmt::Display for Database {
             Some(why) => write!(f, ", read-only ({why})")?,
             None => write!(f, ", read-write")?,
         }
-        match self.semi_sync {
-            Some(true) => write!(f, ", semi-sync on"),
-            Some(false) => write!(f, ", semi-sync off"),
-            None => Ok(()),
+        // Semi-sync only means something where there is a binary log to replicate.
+        match (self.log_bin, self.semi_sync) {
+            (true, Some(true)) => write!(f, ", binlog, semi-sync on"),
+            (true, Some(false)) => write!(f, ", binlog, semi-sync off"),
+            (true, None) => write!(f, ", binlog"),
+            (false, _) => Ok(()),
         }
     }
 }
@@ -358,7 +360,7 @@ mod tests {
         assert_eq!(
             synced.to_string(),
             "MariaDB 10.11.6, Galera node db1:3306 (node1) in a cluster of 3 (Primary, Synced), \
-             read-write, semi-sync off"
+             read-write"
         );
         let cut = galera("non-Primary", "Initialized");
         assert!(cut
