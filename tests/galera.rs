@@ -13,7 +13,7 @@
 mod common;
 
 use common::probe::http;
-use common::{free_port, Broker, Client, Galera, Load, NetNs, NodeSpec, Pair, Side, STEP};
+use common::{free_port, Broker, Client, Galera, Load, NetNs, NodeSpec, Pair, Proxy, Side, STEP};
 use mysql::prelude::Queryable;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -51,6 +51,7 @@ fn master_slave_on_galera() {
     master_s_node_leaves_the_primary_component(&cluster);
     whole_cluster_restart(&mut cluster);
     write_set_limits(&cluster);
+    both_brokers_through_a_proxy(&cluster);
     drop(cluster);
     network_cut_of_the_master_s_node();
 }
@@ -260,7 +261,11 @@ fn write_set_limits(cluster: &Galera) {
         c.send("/queue/big-purge", format!("m{i}"));
     }
     c.send_with_receipt("/queue/big-purge", "last", &[]);
-    let (code, body) = http(status_port, "POST", "/admin/purge?destination=/queue/big-purge");
+    let (code, body) = http(
+        status_port,
+        "POST",
+        "/admin/purge?destination=/queue/big-purge",
+    );
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("purged 2501 messages"), "{body}");
     let left = common::poll(STEP, Duration::from_millis(50), || {
@@ -300,4 +305,41 @@ fn write_set_limits(cluster: &Galera) {
         .root(0)
         .query_drop("SET GLOBAL wsrep_max_ws_rows = 0")
         .expect("reset wsrep_max_ws_rows");
+}
+
+/// Both brokers reach the cluster through one proxy to one node (as HAProxy or ProxySQL with a
+/// single writer): the master's presence is on the same node as the slave's, so kill -9 is taken
+/// over at once; then the proxy moves to another node, every connection breaks, and exactly one
+/// master comes back there.
+fn both_brokers_through_a_proxy(cluster: &Galera) {
+    let db = cluster.create_database();
+    let node = |i: usize| cluster.address(i).parse().expect("an address");
+    let proxy = Proxy::start(node(2));
+    let url = format!("mysql://hamq:hamq@127.0.0.1:{}/{db}", proxy.port());
+    let mut pair = Pair::start_leased([url.clone(), url], LEASE);
+    let load = Load::start(pair.addrs());
+    load.progress(200);
+    let killed = Instant::now();
+    pair.broker(0).kill9();
+    let took = takeover(&mut pair, 1, killed, STEP);
+    println!("Galera through a proxy: takeover after kill -9 of the master: {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "kill -9 through a proxy: {took:?}"
+    );
+    pair.spawn(0);
+    pair.broker(0)
+        .wait_for_log("waiting for the lock (held by beta", STEP);
+    load.progress(200);
+    proxy.switch(node(1));
+    pair.broker(1).wait_for_log("lost the lock", STEP);
+    pair.restart_after_exit(1, 1);
+    let master = common::poll(STEP * 3, Duration::from_millis(20), || {
+        (0..2).find(|&i| pair.broker(i).count_log("listening for STOMP") > 0)
+    })
+    .expect("no master after the proxy moved");
+    let holder = format!("waiting for the lock (held by {}", pair.names[master]);
+    pair.broker(1 - master).wait_for_log(&holder, STEP * 3);
+    load.progress(200);
+    load.finish();
 }

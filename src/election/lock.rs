@@ -8,6 +8,7 @@
 use super::{serve_as_master, Ctx, Ended, Mastership, Waiting};
 use crate::store::lock::{self, Held};
 use mysql::Conn;
+use std::time::Duration;
 
 pub(super) fn elect(ctx: &Ctx<'_>, mut conn: Conn) -> Ended {
     let mut waiting = Waiting::default();
@@ -48,6 +49,12 @@ impl Mastership for Locked<'_> {
             }
             format!("keep-alive failed: {e}")
         })
+    }
+
+    /// A quarter of the lease: a connection silent for the lease is dropped by the server, and
+    /// the lock with it, so a master must notice a stall well before.
+    fn stall_bound(&self, lease: Duration) -> Duration {
+        lease / 4
     }
 
     fn release(self) {

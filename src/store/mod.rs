@@ -142,7 +142,13 @@ pub fn opts_from_url(url: &str) -> Result<Opts, String> {
         true => base.to_string(),
         false => format!("{base}?{}", rest.join("&")),
     };
-    let opts = Opts::from_url(&url).map_err(|e| e.to_string())?;
+    let mut opts = Opts::from_url(&url).map_err(|e| e.to_string())?;
+    // The mysql crate's default: after connecting over TCP to 127.0.0.1 or localhost, ask the
+    // server for its Unix socket and move there. That would pass by a proxy on this host (and
+    // its failover). Only the URL's own `prefer_socket=true` asks for it.
+    if !rest.iter().any(|p| p.starts_with("prefer_socket=")) {
+        opts = OptsBuilder::from_opts(opts).prefer_socket(false).into();
+    }
     if require_ssl && opts.get_ssl_opts().is_none() {
         return Ok(OptsBuilder::from_opts(opts)
             .ssl_opts(Some(SslOpts::default()))
@@ -354,6 +360,9 @@ mod tests {
     fn tls_url_parameters() {
         let base = "mysql://u:p@db.example:3306/hamq";
         assert!(opts_from_url(base).unwrap().get_ssl_opts().is_none());
+        assert!(!opts_from_url(base).unwrap().get_prefer_socket());
+        let socket = opts_from_url(&format!("{base}?prefer_socket=true")).unwrap();
+        assert!(socket.get_prefer_socket());
         let off = opts_from_url(&format!("{base}?require_ssl=false")).unwrap();
         assert!(off.get_ssl_opts().is_none());
         let on = opts_from_url(&format!("{base}?require_ssl=true")).unwrap();
