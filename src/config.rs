@@ -127,6 +127,21 @@ const KEYS: &[&str] = &[
     "election",
 ];
 
+/// `HAMQ_` variables that are not configuration keys: `run`'s and `scripts/local-mariadb`'s,
+/// the admin command's credentials and URL, and the test harness's.
+const NOT_KEYS: &[&str] = &[
+    "HOME",
+    "CONFIG",
+    "LOCAL_DB_PORT",
+    "LOCAL_DB_SBIN",
+    "ADMIN_USER",
+    "ADMIN_PASSWORD",
+    "ADMIN_URL",
+    "TEST_MARIADB",
+    "HOSTILE_SEED",
+    "CI_TEST_TIMEOUT",
+];
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -208,15 +223,30 @@ impl Config {
             let Some(key) = var.strip_prefix("HAMQ_") else {
                 continue;
             };
-            let key = key.to_ascii_lowercase();
-            // Variables the scripts use for themselves (HAMQ_HOME, HAMQ_CONFIG, ...) are not keys.
-            if KEYS.contains(&key.as_str()) {
-                // The one repeatable key: the variable replaces all of the file's rules.
-                if key == "permit" {
-                    config.permits.clear();
-                }
-                config.set(&key, value.trim(), &format!("environment variable {var}"))?;
+            // Variables the scripts and tools use for themselves are not keys.
+            if NOT_KEYS.contains(&key) {
+                continue;
             }
+            let origin = format!("environment variable {var}");
+            let key = key.to_ascii_lowercase();
+            if !KEYS.contains(&key.as_str()) {
+                // A misspelt variable in an envdir would otherwise be ignored without a word.
+                return Err(ConfigError {
+                    key: var.clone(),
+                    origin,
+                    problem: format!(
+                        "not a configuration key; the keys are {} (as HAMQ_ and the key in \
+                         capitals), and HAMQ_{} are the scripts' own",
+                        KEYS.join(", "),
+                        NOT_KEYS.join(", HAMQ_")
+                    ),
+                });
+            }
+            // The one repeatable key: the variable replaces all of the file's rules.
+            if key == "permit" {
+                config.permits.clear();
+            }
+            config.set(&key, value.trim(), &origin)?;
         }
         config.check_permits()?;
         Ok(config)
@@ -391,11 +421,14 @@ fn datastore(value: &str) -> Result<String, String> {
     Ok(value.to_string())
 }
 
+/// `true`/`yes`/`on`/`1` or `false`/`no`/`off`/`0`, in any case.
 fn boolean(value: &str) -> Result<bool, String> {
-    match value {
-        "true" | "yes" | "on" => Ok(true),
-        "false" | "no" | "off" => Ok(false),
-        _ => Err(format!("`{value}` is not true or false")),
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(format!(
+            "`{value}` is not a boolean (true, yes, on, 1 or false, no, off, 0)"
+        )),
     }
 }
 
@@ -465,6 +498,33 @@ mod tests {
         assert_eq!(config.datastore, URL);
         assert_eq!(config.max_frame, 200);
         assert_eq!(config.max_headers, 1000);
+    }
+
+    #[test]
+    fn a_misspelt_variable_is_refused_and_booleans_take_the_usual_spellings() {
+        let text = format!("datastore = {URL}\n");
+        let err = parse(&text, &[("HAMQ_MAX_FRAMES", "200")]).unwrap_err();
+        assert_eq!(err.key, "HAMQ_MAX_FRAMES");
+        assert_eq!(err.origin, "environment variable HAMQ_MAX_FRAMES");
+        assert!(err.problem.contains("max_frame"), "{}", err.problem);
+        let tools = [
+            ("HAMQ_HOME", "/x"),
+            ("HAMQ_ADMIN_USER", "ops"),
+            ("HAMQ_LOCAL_DB_PORT", "1"),
+        ];
+        assert!(parse(&text, &tools).is_ok());
+        for (value, expected) in [
+            ("1", true),
+            ("TRUE", true),
+            ("On", true),
+            ("0", false),
+            ("No", false),
+        ] {
+            let config = parse(&text, &[("HAMQ_DEFAULT_PERSISTENT", value)]).unwrap();
+            assert_eq!(config.default_persistent, expected, "{value}");
+        }
+        let err = parse(&text, &[("HAMQ_DEFAULT_PERSISTENT", "2")]).unwrap_err();
+        assert!(err.problem.contains("not a boolean"), "{}", err.problem);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The `hamq` binary: read the configuration, set up logging and signals, run the broker; or,
 //! with a command word, run an admin command against the broker on this host.
 
+mod reload;
+
+use hamq::auth::Authenticator;
 use hamq::config::Config;
 use hamq::shutdown::Shutdown;
 use rustls::ServerConfig;
@@ -55,7 +58,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    run_broker(config, tls)
+    run_broker(config, tls, &path)
 }
 
 /// An admin command's outcome: its output on stdout, or its problem on stderr and exit 1.
@@ -78,19 +81,36 @@ fn read_config(path: &str) -> Result<Config, String> {
     Config::parse(&text, path, std::env::vars()).map_err(|e| e.to_string())
 }
 
-fn run_broker(config: Config, tls: Option<Arc<ServerConfig>>) -> ExitCode {
+fn run_broker(config: Config, tls: Option<Arc<ServerConfig>>, path: &str) -> ExitCode {
     log::info!(
         "hamq {} starting as `{}`",
         env!("CARGO_PKG_VERSION"),
         config.name
     );
+    let auth = match Authenticator::new(config.users.clone(), config.permits.clone()) {
+        Ok(auth) => Arc::new(auth),
+        Err(e) => {
+            log::error!("cannot read /dev/urandom for the login cache's key: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let shutdown = Arc::new(Shutdown::default());
     let on_signal = shutdown.clone();
+    // SIGINT and SIGTERM stop the broker; SIGHUP (`svc -h`) reloads instead (see `reload`).
     if let Err(e) = ctrlc::set_handler(move || on_signal.begin()) {
         log::error!("cannot install the signal handler: {e}");
         return ExitCode::from(2);
     }
-    match hamq::server::run(config, tls, shutdown) {
+    if let Err(e) = reload::watch(
+        path.to_string(),
+        config.clone(),
+        auth.clone(),
+        shutdown.clone(),
+    ) {
+        log::error!("cannot install the SIGHUP handler: {e}");
+        return ExitCode::from(2);
+    }
+    match hamq::server::run(config, tls, auth, shutdown) {
         Ok(()) => {
             log::info!("stopped");
             ExitCode::SUCCESS

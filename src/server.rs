@@ -12,7 +12,7 @@
 use crate::auth::Authenticator;
 use crate::codec;
 use crate::config::Config;
-use crate::election::{self, Election, Role};
+use crate::election::{self, Election, Phase, Role};
 use crate::flow_control::{FlowControl, STORE_BACKLOG_BYTES};
 use crate::memory;
 use crate::message::now_ms;
@@ -72,15 +72,15 @@ type Registry = Arc<Connections>;
 /// Run the broker until `shutdown` is set. Err(reason) when it stopped because of a failure
 /// (lost the lock, store failure): the process then exits non-zero.
 /// `tls`: the TLS listener's settings (from `transport::server_config`), None when it is off.
+/// `auth`: the users and rules of `config` (shared so that a reload can replace them).
 pub fn run(
     config: Config,
     tls: Option<Arc<ServerConfig>>,
+    auth: Arc<Authenticator>,
     shutdown: Arc<Shutdown>,
 ) -> Result<(), String> {
     let config = Arc::new(config);
     let role = Arc::new(Role::default());
-    let auth = Authenticator::new(config.users.clone(), config.permits.clone())
-        .map_err(|e| format!("cannot read /dev/urandom for the login cache's key: {e}"))?;
     let shared = Arc::new(status::Shared {
         name: config.name.clone(),
         started: Instant::now(),
@@ -88,7 +88,7 @@ pub fn run(
         router: Mutex::new(None),
         store: Arc::default(),
         flow: Arc::new(FlowControl::new(STORE_BACKLOG_BYTES)),
-        auth: Arc::new(auth),
+        auth,
     });
     // The status listener answers on slaves too (health 503): it is bound before the election.
     let status_thread = match config.status_listen {
@@ -98,6 +98,14 @@ pub fn run(
         ),
         None => None,
     };
+    // A standby that could not listen once it won would take the lock from nobody and serve
+    // no one: it does not try for the lock until it can, and /health says why.
+    if !wait_until_bindable(&config, &role, &shutdown) {
+        if let Some(thread) = status_thread {
+            let _ = thread.join();
+        }
+        return Ok(());
+    }
     let election = election::spawn(config.clone(), shutdown.clone(), role)
         .map_err(|e| format!("could not start the election thread: {e}"))?;
     if wait_for_lock(&election, &shutdown) {
@@ -115,6 +123,37 @@ pub fn run(
     match shutdown.failure() {
         Some(why) => Err(why),
         None => Ok(()),
+    }
+}
+
+/// How often a broker whose client port is taken looks again.
+const BIND_RECHECK: Duration = Duration::from_secs(2);
+
+/// Until every STOMP listener's address can be bound (each is bound and let go at once); false
+/// when the broker stops first.
+fn wait_until_bindable(config: &Config, role: &Role, shutdown: &Shutdown) -> bool {
+    let mut told = None;
+    loop {
+        let unbindable = [config.stomp_listen, config.stomp_tls_listen]
+            .into_iter()
+            .flatten()
+            .find_map(|addr| {
+                TcpListener::bind(addr)
+                    .err()
+                    .map(|e| format!("cannot listen on {addr}: {e}"))
+            });
+        let Some(why) = unbindable else {
+            return true;
+        };
+        if told.as_ref() != Some(&why) {
+            log::error!("{why}; not trying for the lock until it is free (a master must serve)");
+            told = Some(why.clone());
+        }
+        role.set_phase(Phase::Unfit(why));
+        shutdown.sleep(BIND_RECHECK);
+        if shutdown.is_stopping() {
+            return false;
+        }
     }
 }
 
@@ -143,6 +182,7 @@ fn serve(
         r.master = true;
         r.epoch = epoch;
         r.holder = config.name.clone();
+        r.phase = Phase::Recovering;
     });
     store::prepare(&mut conn).map_err(|e| e.to_string())?;
     let max_packet = store::max_allowed_packet(&mut conn).map_err(|e| e.to_string())?;
@@ -179,7 +219,10 @@ fn serve(
         auth: shared.auth.clone(),
     };
     match bind_listeners(config, tls) {
-        Ok(listeners) => serve_listeners(listeners, ctx),
+        Ok(listeners) => {
+            shared.role.set_phase(Phase::Serving);
+            serve_listeners(listeners, ctx)
+        }
         Err(why) => {
             shutdown.fail(why);
             drop(ctx);

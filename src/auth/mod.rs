@@ -6,7 +6,8 @@
 //! A password verification is deliberately slow (tens of ms of one core, see `password`), and
 //! after a failover every client reconnects at once, so successful verifications are remembered
 //! for the life of the process and concurrent attempts with the same credentials wait for one
-//! verification instead of each running their own.
+//! verification instead of each running their own. `reload` (SIGHUP) swaps users and rules
+//! and forgets every remembered login, so a changed or removed password stops working at once.
 
 pub mod password;
 pub mod permit;
@@ -16,7 +17,7 @@ use permit::{Operation, Permit};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 /// The outcome of checking CONNECT's (or HTTP Basic) credentials.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,11 +43,31 @@ impl Login {
 /// A digest of (process key, login, password): what the cache holds instead of passwords.
 type Key = [u8; 32];
 
-pub struct Authenticator {
+/// The configured users and rules, swapped whole by `reload`.
+struct Rules {
     users: HashMap<String, PasswordHash>,
     permits: Vec<Permit>,
     /// Verified against for an unknown login, so that it costs as much as a wrong password.
     decoy: PasswordHash,
+}
+
+impl Rules {
+    fn new(users: Vec<(String, PasswordHash)>, permits: Vec<Permit>) -> std::io::Result<Rules> {
+        let iterations = users
+            .iter()
+            .map(|(_, hash)| hash.iterations())
+            .max()
+            .unwrap_or(password::ITERATIONS);
+        Ok(Rules {
+            users: users.into_iter().collect(),
+            permits,
+            decoy: PasswordHash::decoy(iterations)?,
+        })
+    }
+}
+
+pub struct Authenticator {
+    rules: RwLock<Arc<Rules>>,
     /// Random per process: a cache entry says nothing outside this process.
     process_key: [u8; 32],
     /// Credentials that verified; at most one entry per user, as only right passwords enter.
@@ -64,15 +85,8 @@ impl Authenticator {
         users: Vec<(String, PasswordHash)>,
         permits: Vec<Permit>,
     ) -> std::io::Result<Authenticator> {
-        let iterations = users
-            .iter()
-            .map(|(_, hash)| hash.iterations())
-            .max()
-            .unwrap_or(password::ITERATIONS);
         Ok(Authenticator {
-            users: users.into_iter().collect(),
-            permits,
-            decoy: PasswordHash::decoy(iterations)?,
+            rules: RwLock::new(Arc::new(Rules::new(users, permits)?)),
             process_key: password::random_bytes()?,
             verified: Mutex::new(HashSet::new()),
             verifying: Mutex::new(HashMap::new()),
@@ -80,9 +94,30 @@ impl Authenticator {
         })
     }
 
+    /// Replace the users and rules (a reloaded configuration). Logins remembered under the old
+    /// ones are forgotten; connections already logged in stay (as after any password change,
+    /// until they reconnect). Fails only when the kernel's random source cannot be read.
+    pub fn reload(
+        &self,
+        users: Vec<(String, PasswordHash)>,
+        permits: Vec<Permit>,
+    ) -> std::io::Result<()> {
+        let rules = Arc::new(Rules::new(users, permits)?);
+        *self.rules.write().unwrap_or_else(PoisonError::into_inner) = rules;
+        lock(&self.verified).clear();
+        Ok(())
+    }
+
+    fn rules(&self) -> Arc<Rules> {
+        self.rules
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Whether logins are checked at all (some user is configured).
     pub fn enabled(&self) -> bool {
-        !self.users.is_empty()
+        !self.rules().users.is_empty()
     }
 
     /// Check a login and password. Blocks this thread for one verification at most (plus the
@@ -116,13 +151,15 @@ impl Authenticator {
     /// or no `permit` rules configured, everything is allowed; otherwise what no rule allows
     /// is denied.
     pub fn allows(&self, user: Option<&str>, operation: Operation, destination: &str) -> bool {
-        if !self.enabled() || self.permits.is_empty() {
+        let rules = self.rules();
+        if rules.users.is_empty() || rules.permits.is_empty() {
             return true;
         }
         let Some(user) = user else {
             return false;
         };
-        self.permits
+        rules
+            .permits
             .iter()
             .any(|rule| rule.allows(user, operation, destination))
     }
@@ -134,10 +171,11 @@ impl Authenticator {
 
     fn verify(&self, key: &Key, login: &str, password: &str) -> bool {
         self.verifications.fetch_add(1, Ordering::Relaxed);
-        let passed = match self.users.get(login) {
+        let rules = self.rules();
+        let passed = match rules.users.get(login) {
             Some(hash) => hash.verify(password),
             None => {
-                self.decoy.verify(password);
+                rules.decoy.verify(password);
                 false
             }
         };
@@ -228,6 +266,25 @@ mod tests {
         assert_eq!(auth.login(Some("ops"), Some("wrong")), Login::Refused);
         assert_eq!(auth.verifications(), 3, "failures are not remembered");
         assert!(lock(&auth.verifying).is_empty());
+    }
+
+    #[test]
+    fn a_reload_replaces_users_and_forgets_remembered_logins() {
+        let auth = Authenticator::new(users(), Vec::new()).unwrap();
+        assert_eq!(
+            auth.login(Some("app"), Some("app-pw")),
+            Login::User("app".into())
+        );
+        let changed = vec![("app".to_string(), hashed("new-pw"))];
+        let permits = vec![Permit::parse("app read /queue/>").unwrap()];
+        auth.reload(changed, permits).unwrap();
+        assert_eq!(auth.login(Some("app"), Some("app-pw")), Login::Refused);
+        assert_eq!(auth.login(Some("ops"), Some("ops-pw")), Login::Refused);
+        assert_eq!(
+            auth.login(Some("app"), Some("new-pw")),
+            Login::User("app".into())
+        );
+        assert!(!auth.allows(Some("app"), Operation::Write, "/queue/a"));
     }
 
     #[test]

@@ -64,6 +64,28 @@ pub struct RoleInfo {
     pub database: String,
     /// The election in use; None until decided.
     pub election: Option<Kind>,
+    /// Where this broker is in its life, for `/health`.
+    pub phase: Phase,
+}
+
+/// Where a broker is in its life: only `Serving` is healthy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting to the datastore for the first time.
+    #[default]
+    Starting,
+    /// The datastore cannot be reached (why).
+    Unreachable(String),
+    /// This broker could not serve as master (why): a read-only server, a port it cannot bind.
+    Unfit(String),
+    /// A slave, waiting for the lock.
+    Waiting,
+    /// Master, recovering the store; not serving clients yet.
+    Recovering,
+    /// Master, listening for clients.
+    Serving,
+    /// Stopping.
+    Stopping,
 }
 
 impl Role {
@@ -99,7 +121,12 @@ impl Role {
             r.master = false;
             r.holder = holder.to_string();
             r.epoch = epoch;
+            r.phase = Phase::Waiting;
         });
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.update(|r| r.phase = phase);
     }
 }
 
@@ -175,6 +202,7 @@ fn run(ctx: &Ctx<'_>) {
                 found
             }
             Err(e) => {
+                ctx.role.set_phase(Phase::Unreachable(e.to_string()));
                 log::warn!("{e}; retrying in {} ms", delay.as_millis());
                 ctx.shutdown.sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(2));
@@ -197,6 +225,7 @@ fn run(ctx: &Ctx<'_>) {
             warned = Some(database.clone());
         }
         if let Some(why) = database.unfit_for_master() {
+            ctx.role.set_phase(Phase::Unfit(why.clone()));
             log::warn!(
                 "not trying for the lock: {why}; a master needs a writable server \
                  (checking again in {} s)",
@@ -207,6 +236,7 @@ fn run(ctx: &Ctx<'_>) {
         }
         let mut conn = conn;
         if let Err(e) = store::lock::bootstrap(&mut conn) {
+            ctx.role.set_phase(Phase::Unfit(e.to_string()));
             log::warn!("{e}; retrying in {} s", UNFIT_RECHECK.as_secs());
             ctx.shutdown.sleep(UNFIT_RECHECK);
             continue;
@@ -217,7 +247,10 @@ fn run(ctx: &Ctx<'_>) {
         };
         match ended {
             Ended::Master | Ended::Stopping => return,
-            Ended::Reconnect(e) => log::warn!("election: {e}; reconnecting"),
+            Ended::Reconnect(e) => {
+                ctx.role.set_phase(Phase::Unreachable(e.to_string()));
+                log::warn!("election: {e}; reconnecting")
+            }
         }
     }
 }
@@ -250,10 +283,13 @@ trait Mastership {
     fn prove(&mut self) -> Result<(), String>;
     /// Give the lock up at once (everything is written): a slave may take over now.
     fn release(self);
+
+    /// The longest a proof may take before the master gives up, for a lease of `lease`.
+    fn stall_bound(&self, lease: Duration) -> Duration;
 }
 
 /// Master: tell the server, then prove the lock every `keepalive` until the server releases it,
-/// or a proof fails or stalls past a quarter of the lease (then the broker stops).
+/// or a proof fails or stalls past its bound (then the broker stops).
 fn serve_as_master(ctx: &Ctx<'_>, mut mastership: impl Mastership) -> Ended {
     ctx.role.renew();
     let _ = ctx.won.send(());
@@ -271,7 +307,7 @@ fn serve_as_master(ctx: &Ctx<'_>, mut mastership: impl Mastership) -> Ended {
                     return Ended::Master;
                 }
                 let took = started.elapsed();
-                if took > ctx.config.lease / 4 {
+                if took > mastership.stall_bound(ctx.config.lease) {
                     let ms = took.as_millis();
                     ctx.shutdown
                         .fail(format!("lost the lock: keep-alive stalled for {ms} ms"));

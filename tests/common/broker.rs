@@ -151,6 +151,21 @@ impl Broker {
         self.wait_for_first(needle, timeout).1
     }
 
+    /// The `n`-th line (from 1) containing `needle`; panics like [`Broker::wait_for_log`].
+    pub fn wait_for_log_nth(&self, needle: &str, n: usize, timeout: Duration) -> String {
+        self.log
+            .try_wait_for_nth(needle, n, timeout)
+            .unwrap_or_else(|missed| {
+                panic!(
+                    "broker {}: {} waiting for line {n} containing {needle:?}; last lines:\n{}",
+                    self.name,
+                    missed.why("its output closed (it exited)"),
+                    missed.tail
+                )
+            })
+            .0
+    }
+
     /// How many log lines so far contain `needle`.
     pub fn count_log(&self, needle: &str) -> usize {
         self.log.count(needle)
@@ -164,6 +179,16 @@ impl Broker {
     /// Sends SIGTERM (graceful shutdown); see [`Broker::wait_exit`].
     pub fn sigterm(&mut self) {
         self.signal(libc::SIGTERM);
+    }
+
+    /// SIGHUP: reload (see the broker's `reload`).
+    pub fn sighup(&mut self) {
+        self.signal(libc::SIGHUP);
+    }
+
+    /// The config file given with `--config` (empty unless a test writes to it).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
     }
 
     pub fn sigstop(&mut self) {

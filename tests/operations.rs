@@ -1,0 +1,202 @@
+//! Day-to-day operation as an operator meets it: a health check that answers while the status
+//! port is abused, `/health` naming each state, a standby that could not serve refusing to take
+//! the lock, SIGHUP reloading users without a failover, and misspelt `HAMQ_` variables refused.
+
+mod common;
+
+use common::probe::{http, http_as};
+use common::{free_port, hash_password, shared_mariadb, Broker, Client, Pair, STEP, TIMEOUT};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+fn status_env(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// While 10 sockets send half a request and stop, and 32 clients send wrong admin passwords,
+/// every `/health` probe is answered within 100 ms.
+#[test]
+fn health_answers_in_100_ms_during_a_slowloris_and_password_guessing() {
+    let port = free_port();
+    let users = format!("ops:{}", hash_password("right"));
+    let env = [
+        ("HAMQ_STATUS_LISTEN", status_env(port)),
+        ("HAMQ_USERS", users),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let broker = Broker::start(&shared_mariadb().create_database(), &env);
+    broker.stomp_port();
+    let slow: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.write_all(b"GET /hea").expect("write");
+            s
+        })
+        .collect();
+    let guessers: Vec<_> = (0..32)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let (code, _, _) = http_as(
+                    port,
+                    "GET",
+                    "/admin/status",
+                    Some(("ops", &format!("no{i}"))),
+                );
+                code
+            })
+        })
+        .collect();
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let asked = Instant::now();
+        assert_eq!(http(port, "GET", "/health"), (200, "master\n".to_string()));
+        worst = worst.max(asked.elapsed());
+    }
+    for guesser in guessers {
+        assert_eq!(guesser.join().expect("a guesser"), 401);
+    }
+    println!("slowest /health during the abuse: {worst:?}");
+    assert!(worst < Duration::from_millis(100), "{worst:?}");
+    // The half-sent requests are given up after 2 s with a 408.
+    for mut s in slow {
+        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+}
+
+/// `HEAD` answers like `GET` without a body; `/health` says which state a broker is in.
+#[test]
+fn head_requests_and_each_health_state() {
+    let url = shared_mariadb().create_database();
+    let (a_port, b_port) = (free_port(), free_port());
+    let a = Broker::start(&url, &[("HAMQ_STATUS_LISTEN", &status_env(a_port))]);
+    a.stomp_port();
+    let mut s = TcpStream::connect(("127.0.0.1", a_port)).expect("connect");
+    s.write_all(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("Content-Length: 7\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\n"),
+        "a body came with HEAD: {answer:?}"
+    );
+    let b = Broker::spawn_with_name("b", &url, &[("HAMQ_STATUS_LISTEN", &status_env(b_port))]);
+    b.wait_for_log("waiting for the lock", STEP);
+    assert_eq!(
+        http(b_port, "GET", "/health"),
+        (503, format!("slave (master: {})\n", a.name()))
+    );
+    // No datastore at all: a port nobody listens on.
+    let (c_port, dead) = (free_port(), free_port());
+    let nowhere = format!("mysql://hamq:hamq@127.0.0.1:{dead}/x");
+    let c = Broker::spawn_with_name(
+        "c",
+        &nowhere,
+        &[("HAMQ_STATUS_LISTEN", &status_env(c_port))],
+    );
+    c.wait_for_log("retrying in", STEP);
+    let (code, body) = http(c_port, "GET", "/health");
+    assert_eq!(code, 503);
+    assert!(body.starts_with("datastore unreachable: "), "{body}");
+}
+
+/// A standby whose STOMP port is taken never takes the lock (it could not serve), says why in
+/// its log and `/health`, and takes over once the port is free.
+#[test]
+fn a_standby_that_cannot_listen_does_not_take_the_lock() {
+    let url = shared_mariadb().create_database();
+    let mut pair = Pair::start(&url);
+    let squatter = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = squatter.local_addr().expect("address");
+    let status = free_port();
+    let env = [
+        ("HAMQ_STOMP_LISTEN", taken.to_string()),
+        ("HAMQ_STATUS_LISTEN", status_env(status)),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut standby = Broker::spawn_with_name("standby", &url, &env);
+    standby.wait_for_log(&format!("cannot listen on {taken}"), STEP);
+    let (code, body) = http(status, "GET", "/health");
+    assert_eq!(code, 503);
+    assert!(
+        body.starts_with(&format!("unfit: cannot listen on {taken}")),
+        "{body}"
+    );
+    // Both others gone: the standby still does not take the lock while it cannot serve.
+    pair.broker(1).kill9();
+    pair.broker(0).kill9();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        assert_eq!(standby.count_log("acquired the lock"), 0);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(squatter);
+    standby.wait_for_log("listening for STOMP", STEP);
+    assert_eq!(
+        http(status, "GET", "/health"),
+        (200, "master\n".to_string())
+    );
+    assert!(standby.wait_exit(Duration::ZERO).is_none());
+}
+
+/// SIGHUP re-reads the file: a changed password works at once, the old one no more, and the
+/// broker stays master (no failover, same process).
+#[test]
+fn sighup_reloads_users_without_stopping() {
+    let url = shared_mariadb().create_database();
+    let mut broker = Broker::start(&url, &[]);
+    let pid = broker.pid();
+    let write = |broker: &Broker, password: &str| {
+        std::fs::write(
+            broker.config_path(),
+            format!("users = app:{}\n", hash_password(password)),
+        )
+        .expect("write the config");
+    };
+    let login = |port: u16, password: &str| {
+        let (_, reply) = Client::connect_with(
+            port,
+            &[
+                ("accept-version", "1.2"),
+                ("login", "app"),
+                ("passcode", password),
+            ],
+        );
+        reply.command
+    };
+    write(&broker, "first");
+    broker.sighup();
+    broker.wait_for_log("SIGHUP: reloaded", STEP);
+    let port = broker.stomp_port();
+    assert_eq!(login(port, "first"), "CONNECTED");
+    write(&broker, "second");
+    broker.sighup();
+    assert!(broker
+        .wait_for_log_nth("SIGHUP: reloaded", 2, STEP)
+        .contains("1 users, 0 permit rules"));
+    assert_eq!(login(port, "first"), "ERROR");
+    assert_eq!(login(port, "second"), "CONNECTED");
+    std::fs::write(broker.config_path(), "max_frame = lots\n").expect("write");
+    broker.sighup();
+    let refused = broker.wait_for_log("SIGHUP: config key `max_frame`", STEP);
+    assert!(refused.contains("nothing changed"), "{refused}");
+    assert_eq!(login(port, "second"), "CONNECTED");
+    assert!(broker.wait_exit(Duration::ZERO).is_none());
+    assert_eq!(broker.pid(), pid);
+    assert_eq!(broker.count_log("shutting down"), 0);
+}
+
+#[test]
+fn a_misspelt_hamq_variable_stops_the_broker_naming_it() {
+    let url = shared_mariadb().create_database();
+    let mut broker = Broker::spawn_with_name("typo", &url, &[("HAMQ_STOMP_LISTN", "1.2.3.4:1")]);
+    let status = broker.wait_exit(STEP).expect("the broker did not stop");
+    assert_eq!(status.code(), Some(2));
+    let line = broker.wait_for_log("HAMQ_STOMP_LISTN", STEP);
+    assert!(line.contains("not a configuration key"), "{line}");
+}
