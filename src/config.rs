@@ -63,6 +63,8 @@ pub struct Config {
     pub lease: Duration,
     /// How brokers elect their master (see `election`).
     pub election: ElectionChoice,
+    /// Log lines start with the time (to the millisecond); off under multilog `t` or journald.
+    pub log_timestamps: bool,
 }
 
 /// The `election` key: `auto` picks the lease on Galera and Group Replication, the row lock
@@ -125,6 +127,7 @@ const KEYS: &[&str] = &[
     "memory_limit",
     "lease",
     "election",
+    "log_timestamps",
 ];
 
 /// `HAMQ_` variables that are not configuration keys: `run`'s and `scripts/local-mariadb`'s,
@@ -172,6 +175,7 @@ impl Default for Config {
             memory_limit: 24 * 1024 * 1024,
             lease: Duration::from_secs(10),
             election: ElectionChoice::Auto,
+            log_timestamps: true,
         }
     }
 }
@@ -337,6 +341,7 @@ impl Config {
                 })?)
             }
             "default_persistent" => self.default_persistent = boolean(value).map_err(bad)?,
+            "log_timestamps" => self.log_timestamps = boolean(value).map_err(bad)?,
             "max_redeliveries" => self.max_redeliveries = number(value).map_err(bad)?,
             "default_prefetch" => self.default_prefetch = positive(value).map_err(bad)?,
             "max_command_line" => self.max_command_line = positive(value).map_err(bad)?,

@@ -18,7 +18,6 @@ const USAGE: &str =
 
 fn main() -> ExitCode {
     hamq::memory::limit_arenas();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let (path, command) = match parse_args(std::env::args().skip(1).collect()) {
         Ok(parsed) => parsed,
         Err(problem) => {
@@ -36,10 +35,12 @@ fn main() -> ExitCode {
     let config = match read_config(&path) {
         Ok(config) => config,
         Err(problem) => {
+            init_logging(true);
             log::error!("{problem}");
             return ExitCode::from(2);
         }
     };
+    init_logging(config.log_timestamps);
     if !command.is_empty() {
         return print_or_fail(hamq::admin::run(&config, &command));
     }
@@ -59,6 +60,20 @@ fn main() -> ExitCode {
         }
     };
     run_broker(config, tls, &path)
+}
+
+/// One line per event on stderr, `RUST_LOG` (default `info`) choosing what. With `timestamps`,
+/// each line starts with the UTC time to the millisecond (failovers take milliseconds); without,
+/// for multilog's `t` or journald, which stamp lines themselves.
+fn init_logging(timestamps: bool) {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if timestamps {
+        builder.format_timestamp_millis();
+    } else {
+        builder.format_timestamp(None);
+    }
+    builder.init();
 }
 
 /// An admin command's outcome: its output on stdout, or its problem on stderr and exit 1.

@@ -88,6 +88,7 @@ pub fn run(
         router: Mutex::new(None),
         store: Arc::default(),
         flow: Arc::new(FlowControl::new(STORE_BACKLOG_BYTES)),
+        memory_limit: config.memory_limit,
         auth,
     });
     // The status listener answers on slaves too (health 503): it is bound before the election.

@@ -39,6 +39,8 @@ pub struct Shared {
     /// The store writer's counters (zero until this broker is master).
     pub store: Arc<crate::store::WriterStats>,
     pub flow: Arc<crate::flow_control::FlowControl>,
+    /// `memory_limit` as configured (shown by slaves too).
+    pub memory_limit: usize,
     /// Checks the admin endpoints' credentials and permissions.
     pub auth: Arc<Authenticator>,
 }

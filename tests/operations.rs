@@ -200,3 +200,86 @@ fn a_misspelt_hamq_variable_stops_the_broker_naming_it() {
     let line = broker.wait_for_log("HAMQ_STOMP_LISTN", STEP);
     assert!(line.contains("not a configuration key"), "{line}");
 }
+
+/// Log lines an operator can use: millisecond timestamps (or none, for multilog), a failed
+/// login with its address and login, driver errors in words.
+#[test]
+fn log_lines_for_operators() {
+    let url = shared_mariadb().create_database();
+    let users = format!("app:{}", hash_password("right"));
+    let broker = Broker::start(&url, &[("HAMQ_USERS", &users)]);
+    let (_, reply) = Client::connect_with(
+        broker.stomp_port(),
+        &[
+            ("accept-version", "1.2"),
+            ("login", "app\u{1b}[2J"),
+            ("passcode", "no"),
+        ],
+    );
+    assert_eq!(reply.command, "ERROR");
+    let failed = broker.wait_for_log("login failed from 127.0.0.1 for user app", STEP);
+    // A terminal escape in the login reaches the log escaped.
+    assert!(failed.contains("user app\\u{1b}[2J"), "{failed}");
+    let first = broker.wait_for_log("starting as", STEP);
+    let stamp = first.split_whitespace().next().unwrap_or_default();
+    // `[2026-12-02T11:50:01.123Z`: the time to the millisecond.
+    assert_eq!(stamp.len(), 25, "{first}");
+    assert!(
+        stamp.ends_with('Z') && stamp.as_bytes()[20] == b'.',
+        "{first}"
+    );
+    let plain = Broker::spawn_with_name("plain", &url, &[("HAMQ_LOG_TIMESTAMPS", "off")]);
+    let line = plain.wait_for_log("starting as", STEP);
+    assert!(line.starts_with("[INFO  hamq] hamq"), "{line}");
+    let dead = free_port();
+    let nowhere = Broker::spawn_with_name("n", &format!("mysql://h:h@127.0.0.1:{dead}/x"), &[]);
+    let refused = nowhere.wait_for_log("retrying in", STEP);
+    assert!(!refused.contains("Error {"), "{refused}");
+    assert!(refused.contains("Connection refused"), "{refused}");
+}
+
+/// /metrics in base units, with the build and the process; a slave shows its memory limit.
+#[test]
+fn metrics_in_base_units_with_build_and_process() {
+    let url = shared_mariadb().create_database();
+    let (port, slave_port) = (free_port(), free_port());
+    let broker = Broker::start(&url, &[("HAMQ_STATUS_LISTEN", &status_env(port))]);
+    let mut c = Client::connect(broker.stomp_port());
+    c.send_with_receipt("/queue/m", "x", &[]);
+    let (code, text) = http(port, "GET", "/metrics");
+    assert_eq!(code, 200);
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    let build = format!(
+        "hamq_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(value(&build), 1.0);
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_threads") >= 5.0);
+    assert!(value("process_open_fds") >= 5.0);
+    assert!(value("hamq_store_busy_seconds_total") > 0.0);
+    assert!(
+        value("hamq_store_busy_seconds_total") < 10.0,
+        "seconds, not microseconds"
+    );
+    assert!(!text.contains("microseconds"));
+    let slave = Broker::spawn_with_name(
+        "s",
+        &url,
+        &[
+            ("HAMQ_STATUS_LISTEN", &status_env(slave_port)),
+            ("HAMQ_MEMORY_LIMIT", "1234567"),
+        ],
+    );
+    slave.wait_for_log("waiting for the lock", STEP);
+    let (_, slave_text) = http(slave_port, "GET", "/metrics");
+    assert!(
+        slave_text.contains("\nhamq_memory_limit_bytes 1234567\n"),
+        "{slave_text}"
+    );
+}

@@ -34,7 +34,6 @@ pub struct Stats {
     pub connections: usize,
     /// Bytes held by waiting messages (`Entry::held_bytes`), against `memory_limit`.
     pub held_bytes: usize,
-    pub memory_limit: usize,
     pub destinations: Vec<DestinationStats>,
 }
 
@@ -122,7 +121,6 @@ impl Router {
         Stats {
             connections: self.conns.len(),
             held_bytes: self.held,
-            memory_limit: self.memory_limit,
             destinations,
         }
     }

@@ -59,10 +59,19 @@ impl Session {
             .auth
             .login(c.login.as_deref(), c.passcode.as_deref());
         if login == Login::Refused {
-            log::info!(
-                "connection {}: wrong credentials for {:?}",
-                self.id,
+            // One line per failure with the address and the login as given, for audits and
+            // fail2ban (the login is escaped so that it cannot forge a line of its own).
+            let from = self
+                .stream
+                .socket()
+                .peer_addr()
+                .map_or_else(|_| "an unknown address".to_string(), |a| a.ip().to_string());
+            log::warn!(
+                "login failed from {from} for user {} (connection {})",
                 c.login
+                    .as_deref()
+                    .map_or("(none given)".to_string(), |l| l.escape_debug().to_string()),
+                self.id
             );
             self.ctx.shutdown.sleep(FAILED_LOGIN_DELAY);
             // The same words whichever part was wrong: the ERROR tells a guesser nothing.

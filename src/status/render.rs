@@ -64,7 +64,7 @@ pub fn status_json(shared: &Shared, role: &RoleInfo, stats: &Stats) -> String {
         shared.started.elapsed().as_secs(),
         stats.connections,
         stats.held_bytes,
-        stats.memory_limit,
+        shared.memory_limit,
         destinations.join(",")
     )
 }
@@ -76,98 +76,130 @@ fn label(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One unlabelled series of /metrics.
+struct Series {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: f64,
+}
+
+fn gauge(name: &'static str, help: &'static str, value: f64) -> Series {
+    Series {
+        name,
+        kind: "gauge",
+        help,
+        value,
+    }
+}
+
+fn counter(name: &'static str, help: &'static str, value: f64) -> Series {
+    Series {
+        name,
+        kind: "counter",
+        help,
+        value,
+    }
+}
+
+/// The Prometheus text: every figure in base units (seconds, bytes).
 pub fn metrics(shared: &Shared, role: &RoleInfo, stats: &Stats) -> String {
-    let mut out = String::new();
-    let gauges = [
-        (
+    use std::sync::atomic::Ordering::Relaxed;
+    let store = &shared.store;
+    let process = process_figures();
+    let series = [
+        gauge(
             "hamq_master",
             "1 when this broker is master",
-            u64::from(role.master),
+            f64::from(u8::from(role.master)),
         ),
-        (
+        gauge(
             "hamq_epoch",
             "fencing epoch of the current master",
-            role.epoch,
+            role.epoch as f64,
         ),
-        (
+        gauge(
             "hamq_uptime_seconds",
             "seconds since start",
-            shared.started.elapsed().as_secs(),
+            shared.started.elapsed().as_secs_f64(),
         ),
-        (
+        gauge(
             "hamq_connections",
             "open client connections",
-            stats.connections as u64,
+            stats.connections as f64,
         ),
-        (
+        gauge(
             "hamq_held_bytes",
             "bytes held by waiting messages (entries, and bodies kept in memory)",
-            stats.held_bytes as u64,
+            stats.held_bytes as f64,
         ),
-        (
+        gauge(
             "hamq_memory_limit_bytes",
             "memory_limit: past it, new messages keep only their metadata in memory",
-            stats.memory_limit as u64,
+            shared.memory_limit as f64,
         ),
-    ];
-    for (name, help, value) in gauges {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-        );
-    }
-    let store = &shared.store;
-    let counters = [
-        (
+        counter(
             "hamq_store_transactions_total",
             "store transactions committed (batches, keep-alives included)",
-            &store.transactions,
+            store.transactions.load(Relaxed) as f64,
         ),
-        (
+        counter(
             "hamq_store_operations_total",
             "store operations in those transactions",
-            &store.operations,
+            store.operations.load(Relaxed) as f64,
         ),
-        (
+        counter(
             "hamq_store_rows_inserted_total",
             "message rows inserted",
-            &store.rows_inserted,
+            store.rows_inserted.load(Relaxed) as f64,
         ),
-        (
-            "hamq_store_busy_microseconds_total",
+        counter(
+            "hamq_store_busy_seconds_total",
             "time spent in store transactions",
-            &store.busy_micros,
+            store.busy_micros.load(Relaxed) as f64 / 1e6,
         ),
-    ];
-    for (name, help, value) in counters {
-        let value = value.load(std::sync::atomic::Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-        );
-    }
-    let flow = [
-        (
+        counter(
             "hamq_flow_control_waits_total",
-            "counter",
             "SENDs that waited for the store or a full queue",
-            shared.flow.waits(),
+            shared.flow.waits() as f64,
         ),
-        (
+        gauge(
             "hamq_store_backlog_bytes",
-            "gauge",
             "weight of SENDs (bodies, headers, overhead) waiting for the store writer",
-            shared.flow.pending() as u64,
+            shared.flow.pending() as f64,
+        ),
+        gauge(
+            "process_resident_memory_bytes",
+            "resident memory",
+            process.resident_bytes,
+        ),
+        gauge(
+            "process_threads",
+            "threads of the broker process",
+            process.threads,
+        ),
+        gauge(
+            "process_open_fds",
+            "open file descriptors",
+            process.open_fds,
         ),
     ];
-    for (name, kind, help, value) in flow {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP hamq_build_info the running build\n# TYPE hamq_build_info gauge\n\
+         hamq_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    for s in series {
         let _ = writeln!(
             out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            "# HELP {} {}\n# TYPE {} {}\n{} {}",
+            s.name, s.help, s.name, s.kind, s.name, s.value
         );
     }
     type Figure = fn(&crate::router::DestinationStats) -> u64;
-    let series: [(&str, &str, &str, Figure); 7] = [
+    let per_destination: [(&str, &str, &str, Figure); 7] = [
         ("hamq_destination_depth", "gauge", "messages waiting", |d| {
             d.depth as u64
         }),
@@ -208,7 +240,7 @@ pub fn metrics(shared: &Shared, role: &RoleInfo, stats: &Stats) -> String {
             |d| d.counters.dead_lettered,
         ),
     ];
-    for (name, kind, help, figure) in series {
+    for (name, kind, help, figure) in per_destination {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for d in &stats.destinations {
             let _ = writeln!(
@@ -220,6 +252,31 @@ pub fn metrics(shared: &Shared, role: &RoleInfo, stats: &Stats) -> String {
         }
     }
     out
+}
+
+/// This process as /proc tells it (zeros where it cannot be read).
+struct Process {
+    resident_bytes: f64,
+    threads: f64,
+    open_fds: f64,
+}
+
+fn process_figures() -> Process {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    Process {
+        resident_bytes: field("VmRSS:") * 1024.0,
+        threads: field("Threads:"),
+        open_fds: open_fds as f64,
+    }
 }
 
 /// `lock`, `lease`, or empty before the election connection decided.

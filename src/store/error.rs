@@ -196,15 +196,15 @@ impl From<mysql::Error> for StoreError {
             _ => None,
         };
         if matches!(io_kind, Some(ErrorKind::WouldBlock | ErrorKind::TimedOut)) {
-            return StoreError::Unreachable(format!(
-                "no answer within the connection's read/write timeout ({e})"
-            ));
+            return StoreError::Unreachable(
+                "no answer within the connection's read/write timeout".to_string(),
+            );
         }
         if e.is_connectivity_error() {
-            return StoreError::Unreachable(e.to_string());
+            return StoreError::Unreachable(words(&e));
         }
         let mysql::Error::MySqlError(server) = &e else {
-            return StoreError::sql(e.to_string());
+            return StoreError::sql(words(&e));
         };
         if server.code == WSREP_NOT_READY {
             return StoreError::Unreachable(
@@ -231,6 +231,25 @@ impl From<mysql::Error> for StoreError {
                     server.code, server.state, server.message
                 ),
             },
+        }
+    }
+}
+
+/// The driver's error in words: its own `Display` wraps each kind in Rust-like braces
+/// (`IoError { server disconnected }`), which an operator's log should not show.
+fn words(e: &mysql::Error) -> String {
+    match e {
+        mysql::Error::IoError(io) => io.to_string(),
+        mysql::Error::CodecError(codec) => match std::error::Error::source(codec) {
+            Some(io) => io.to_string(),
+            None => codec.to_string(),
+        },
+        mysql::Error::DriverError(driver) => driver.to_string(),
+        mysql::Error::UrlError(url) => url.to_string(),
+        mysql::Error::TlsError(tls) => format!("TLS: {tls}"),
+        mysql::Error::MySqlError(server) => format!("ERROR {}: {}", server.code, server.message),
+        mysql::Error::FromValueError(_) | mysql::Error::FromRowError(_) => {
+            "an unexpected value in a row the store read".to_string()
         }
     }
 }
@@ -266,6 +285,21 @@ mod tests {
         assert!(!other.is_rejection());
         assert_eq!(other.code(), Some(1146));
         assert!(other.to_string().contains("1146"));
+    }
+
+    #[test]
+    fn driver_errors_read_as_words() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "server disconnected");
+        let e = StoreError::from(mysql::Error::IoError(io));
+        assert_eq!(e.to_string(), "datastore unreachable: server disconnected");
+        let refused = mysql::Error::DriverError(mysql::DriverError::CouldNotConnect(Some((
+            "127.0.0.1:1".to_string(),
+            "Connection refused (os error 111)".to_string(),
+            std::io::ErrorKind::ConnectionRefused,
+        ))));
+        let text = StoreError::from(refused).to_string();
+        assert!(!text.contains("DriverError {"), "{text}");
+        assert!(text.contains("Connection refused"), "{text}");
     }
 
     #[test]
