@@ -38,7 +38,9 @@ fn stomp_py_example_survives_kill_9_of_the_master() {
     cmd.arg(SCRIPT)
         .args(["--brokers", &brokers, "--count", "300", "--timeout", "60"]);
     let mut client = Captured::spawn("stomp-py-failover", cmd);
-    client.output().wait_for("sent 100", Duration::from_secs(30));
+    client
+        .output()
+        .wait_for("sent 100", Duration::from_secs(30));
     pair.broker(0).kill9();
     pair.await_master(1, STEP);
     let status = client
