@@ -1,6 +1,7 @@
 //! The admin commands (`hamq status`, `hamq queues`, `hamq browse DEST`, `hamq purge DEST`): a
-//! small HTTP client of the broker's status listener on this host (`status_listen`), printing
-//! the plain-text tables it answers, with the credentials of `HAMQ_ADMIN_USER` and
+//! small HTTP client of a broker's status listener (`status_listen` of the configuration, or
+//! `--url` / `HAMQ_ADMIN_URL`), printing the plain-text tables it answers (`--json`: the
+//! `/status` document, for `status` and `queues`), with the credentials of `HAMQ_ADMIN_USER` and
 //! `HAMQ_ADMIN_PASSWORD` when set. And `hamq hash`, which needs no broker: it reads a password
 //! on stdin and prints its hash for the `users` key. Runs on the main thread of a short-lived
 //! process.
@@ -13,22 +14,50 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 /// The commands and the usage line that names them.
-pub const USAGE: &str = "hamq status | queues | browse /queue/NAME | purge /queue/NAME
-                 | hash [--iterations N]   (password on stdin)";
+pub const USAGE: &str = "[--url http://HOST:PORT] [--json] status | queues
+           [--url http://HOST:PORT] browse /queue/NAME | purge /queue/NAME
+       hamq hash [--iterations N]       a password's hash for `users` (password on stdin)
+       hamq --help | --version
+
+The admin commands ask a broker's status listener: --url (or HAMQ_ADMIN_URL), else the
+configuration's status_listen. Credentials: HAMQ_ADMIN_USER and HAMQ_ADMIN_PASSWORD (a user of
+`users`; with the shipped config, guest and guest). --json prints the /status document.
+";
 
 /// Run the command in `args` (after `hamq`); Ok(output) on an HTTP 200, Err(message) otherwise.
 pub fn run(config: &Config, args: &[String]) -> Result<String, String> {
-    let (method, path) = match args {
-        [c] if c == "status" => ("GET", "/admin/status".to_string()),
-        [c] if c == "queues" => ("GET", "/admin/queues".to_string()),
-        [c, d] if c == "browse" => ("GET", format!("/admin/browse?destination={}", encode(d))),
-        [c, d] if c == "purge" => ("POST", format!("/admin/purge?destination={}", encode(d))),
-        _ => return Err(format!("usage: {USAGE}")),
+    let mut url = std::env::var("HAMQ_ADMIN_URL").ok();
+    let mut json = false;
+    let mut words = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--url" => url = Some(rest.next().ok_or("--url needs http://HOST:PORT")?.clone()),
+            "--json" => json = true,
+            _ => words.push(arg.as_str()),
+        }
+    }
+    let (method, path) = match (words.as_slice(), json) {
+        (["status" | "queues"], true) => ("GET", "/status".to_string()),
+        (["status"], false) => ("GET", "/admin/status".to_string()),
+        (["queues"], false) => ("GET", "/admin/queues".to_string()),
+        (["browse", d], false) => ("GET", format!("/admin/browse?destination={}", encode(d))),
+        (["purge", d], false) => ("POST", format!("/admin/purge?destination={}", encode(d))),
+        _ => return Err(format!("usage: hamq {USAGE}")),
     };
-    let Some(addr) = config.status_listen else {
-        return Err("status_listen is not set in the configuration: no broker to ask".to_string());
+    let addr = match url {
+        Some(url) => parse_url(&url)?,
+        None => match config.status_listen {
+            Some(addr) => crate::server::wake_address(addr),
+            None => {
+                return Err(
+                    "status_listen is not set in the configuration and no --url \
+                            was given: no broker to ask"
+                        .to_string(),
+                )
+            }
+        },
     };
-    let addr = crate::server::wake_address(addr);
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| format!("no broker answers on {addr} (status_listen): {e}"))?;
     let timeout = Some(Duration::from_secs(5));
@@ -110,6 +139,22 @@ pub fn hash(args: &[String], input: impl BufRead) -> Result<String, String> {
     let hash = PasswordHash::new(password, iterations)
         .map_err(|e| format!("cannot read /dev/urandom for a salt: {e}"))?;
     Ok(format!("{hash}\n"))
+}
+
+/// `http://HOST:PORT` (or `HOST:PORT`) as an address to connect to.
+fn parse_url(url: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let bad = || format!("--url `{url}` is not http://HOST:PORT");
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    if rest.starts_with("https://") {
+        return Err(format!("{url}: the admin command speaks plain HTTP only"));
+    }
+    let authority = rest.trim_end_matches('/');
+    authority
+        .to_socket_addrs()
+        .map_err(|_| bad())?
+        .next()
+        .ok_or_else(bad)
 }
 
 /// Percent-encode a destination for the query string.

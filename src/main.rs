@@ -11,15 +11,22 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-const USAGE: &str =
-    "usage: hamq [--config PATH]                  run the broker (PATH: etc/hamq.conf)
-       hamq [--config PATH] COMMAND          ask the broker on this host; COMMAND is one of
-       ";
+const USAGE: &str = "usage: hamq [--config PATH]            run the broker
+       hamq [--config PATH] COMMAND    an admin command:
+           ";
 
 fn main() -> ExitCode {
     hamq::memory::limit_arenas();
     let (path, command) = match parse_args(std::env::args().skip(1).collect()) {
-        Ok(parsed) => parsed,
+        Ok(Args::Run(path, command)) => (path, command),
+        Ok(Args::Help) => {
+            print!("{USAGE}{}{CONFIG_HELP}", hamq::admin::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Args::Version) => {
+            println!("hamq {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
         Err(problem) => {
             eprintln!("hamq: {problem}\n{USAGE}{}", hamq::admin::USAGE);
             return ExitCode::from(2);
@@ -137,17 +144,57 @@ fn run_broker(config: Config, tls: Option<Arc<ServerConfig>>, path: &str) -> Exi
     }
 }
 
-/// (config path, admin command words; empty = run the broker).
-fn parse_args(args: Vec<String>) -> Result<(String, Vec<String>), String> {
-    let mut path = "etc/hamq.conf".to_string();
+const CONFIG_HELP: &str = "
+PATH: --config, else $HAMQ_CONFIG, else $HAMQ_HOME/etc/hamq.conf, else etc/hamq.conf of the
+checkout this binary was built in, else of the current directory.
+";
+
+/// What the command line asks for.
+enum Args {
+    /// The config path and the admin command's words (none: run the broker).
+    Run(String, Vec<String>),
+    Help,
+    Version,
+}
+
+fn parse_args(args: Vec<String>) -> Result<Args, String> {
+    let mut path = None;
     let mut rest = Vec::new();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--config" => path = args.next().ok_or("--config needs a path")?,
-            "-h" | "--help" => return Err("help".to_string()),
+            "--config" => path = Some(args.next().ok_or("--config needs a path")?),
+            "-h" | "--help" => return Ok(Args::Help),
+            "-V" | "--version" => return Ok(Args::Version),
+            "--url" => {
+                let url = args.next().ok_or("--url needs http://HOST:PORT")?;
+                rest.extend([arg, url]);
+            }
+            "--json" => rest.push(arg),
+            flag if flag.starts_with('-') && rest.is_empty() => {
+                return Err(format!("unknown option `{flag}`"))
+            }
             _ => rest.push(arg),
         }
     }
-    Ok((path, rest))
+    Ok(Args::Run(path.unwrap_or_else(default_config), rest))
+}
+
+/// `--config` missing: `$HAMQ_CONFIG`, else `etc/hamq.conf` of `$HAMQ_HOME`, else of the
+/// checkout this binary was built in (`<checkout>/target/release/hamq`), else of the current
+/// directory. So `target/release/hamq status` works from anywhere.
+fn default_config() -> String {
+    if let Ok(path) = std::env::var("HAMQ_CONFIG") {
+        return path;
+    }
+    if let Ok(home) = std::env::var("HAMQ_HOME") {
+        return format!("{home}/etc/hamq.conf");
+    }
+    let checkout = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.join("etc/hamq.conf")));
+    match checkout {
+        Some(path) if path.is_file() => path.display().to_string(),
+        _ => "etc/hamq.conf".to_string(),
+    }
 }

@@ -283,3 +283,92 @@ fn metrics_in_base_units_with_build_and_process() {
         "{slave_text}"
     );
 }
+
+/// `hamq COMMAND...` with `env` only (no `--config`, no HAMQ_ variables of the test run).
+fn hamq_cli(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hamq"));
+    cmd.args(args);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("HAMQ_") {
+            cmd.env_remove(key);
+        }
+    }
+    let out = cmd.envs(env.iter().copied()).output().expect("run hamq");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+/// `--help` and `--version` exit 0; the admin command finds its broker by `--url`, by
+/// `HAMQ_ADMIN_URL` and by `$HAMQ_HOME/etc/hamq.conf`; `--json` prints the `/status` document.
+#[test]
+fn the_admin_command_finds_its_broker_and_explains_itself() {
+    let (code, help) = hamq_cli(&["--help"], &[]);
+    assert_eq!(code, Some(0), "{help}");
+    assert!(help.starts_with("usage: hamq [--config PATH]"), "{help}");
+    for word in ["--url", "--json", "HAMQ_ADMIN_USER", "HAMQ_HOME", "hash"] {
+        assert!(
+            help.contains(word),
+            "--help does not mention {word}: {help}"
+        );
+    }
+    let (code, version) = hamq_cli(&["--version"], &[]);
+    assert_eq!(code, Some(0));
+    assert_eq!(version, format!("hamq {}\n", env!("CARGO_PKG_VERSION")));
+    let (code, text) = hamq_cli(&["--frobnicate"], &[]);
+    assert_eq!(code, Some(2), "{text}");
+
+    let status_port = free_port();
+    let url = shared_mariadb().create_database();
+    let users = format!("ops:{}", hash_password("ops-pw"));
+    let broker = Broker::start(
+        &url,
+        &[
+            ("HAMQ_USERS", &users),
+            ("HAMQ_STATUS_LISTEN", &status_env(status_port)),
+        ],
+    );
+    let creds = [
+        ("HAMQ_ADMIN_USER", "ops"),
+        ("HAMQ_ADMIN_PASSWORD", "ops-pw"),
+    ];
+    let (mut client, reply) = Client::connect_with(
+        broker.stomp_port(),
+        &[
+            ("accept-version", "1.2"),
+            ("login", "ops"),
+            ("passcode", "ops-pw"),
+        ],
+    );
+    assert_eq!(reply.command, "CONNECTED", "{reply:?}");
+    client.send_with_receipt("/queue/admin.cli", "one", &[]);
+
+    let home = std::env::temp_dir().join(format!("hamq-admin-home-{status_port}"));
+    std::fs::create_dir_all(home.join("etc")).expect("mkdir");
+    std::fs::write(
+        home.join("etc/hamq.conf"),
+        format!("status_listen = 127.0.0.1:{status_port}\n"),
+    )
+    .expect("write the config");
+    let home_env = home.to_string_lossy().to_string();
+    let mut by_home = creds.to_vec();
+    by_home.push(("HAMQ_HOME", &home_env));
+    let (code, queues) = hamq_cli(&["queues"], &by_home);
+    std::fs::remove_dir_all(&home).expect("remove the home");
+    assert_eq!(code, Some(0), "{queues}");
+    assert!(queues.contains("/queue/admin.cli"), "{queues}");
+
+    let address = format!("http://127.0.0.1:{status_port}");
+    let (code, by_flag) = hamq_cli(&["--url", &address, "queues"], &creds);
+    assert_eq!((code, &by_flag), (Some(0), &queues));
+    let mut by_env = creds.to_vec();
+    by_env.push(("HAMQ_ADMIN_URL", &address));
+    let (code, json) = hamq_cli(&["--json", "status"], &by_env);
+    assert_eq!(code, Some(0), "{json}");
+    assert!(json.trim_start().starts_with('{'), "{json}");
+    assert!(json.contains("\"/queue/admin.cli\""), "{json}");
+
+    let (code, text) = hamq_cli(&["--url", "https://127.0.0.1:1", "status"], &creds);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("plain HTTP only"), "{text}");
+}
