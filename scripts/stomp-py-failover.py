@@ -28,6 +28,7 @@ class Reconnecting(stomp.ConnectionListener):
         self.conn = conn
         self.subscriptions = list(subscriptions)  # (destination, id, ack) of each SUBSCRIBE
         self.connected = threading.Event()
+        self.lock = threading.Lock()
 
     def on_connected(self, frame):
         self.connected.set()
@@ -37,13 +38,15 @@ class Reconnecting(stomp.ConnectionListener):
         threading.Thread(target=self.reconnect, daemon=True).start()
 
     def reconnect(self):
-        while not self.connected.is_set():
-            try:
-                self.conn.connect("guest", "guest", wait=True)
-                for destination, sub_id, ack in self.subscriptions:
-                    self.conn.subscribe(destination, id=sub_id, ack=ack)
-            except stomp.exception.StompException:
-                time.sleep(0.2)
+        # One at a time, and never on a live connection: a second CONNECT is an error.
+        with self.lock:
+            while not self.conn.is_connected():
+                try:
+                    self.conn.connect("guest", "guest", wait=True)
+                    for destination, sub_id, ack in self.subscriptions:
+                        self.conn.subscribe(destination, id=sub_id, ack=ack)
+                except stomp.exception.StompException:
+                    time.sleep(0.2)
 
 
 def connection(brokers, subscriptions=()):

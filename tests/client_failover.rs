@@ -49,4 +49,13 @@ fn stomp_py_example_survives_kill_9_of_the_master() {
     let output = client.output().tail(400);
     assert!(status.success(), "the example failed ({status}):\n{output}");
     assert!(output.contains("received 300 of 300"), "{output}");
+    // The example never sends a second CONNECT on a live connection (stomp.py's
+    // `connect(wait=True)` returns before the listener hears of CONNECTED).
+    for i in 0..2 {
+        assert_eq!(
+            pair.broker(i).count_log("already connected"),
+            0,
+            "broker {i}"
+        );
+    }
 }
