@@ -1,5 +1,5 @@
-//! The admin commands (`hamq status`, `hamq queues`, `hamq browse DEST`, `hamq purge DEST`): a
-//! small HTTP client of a broker's status listener (`status_listen` of the configuration, or
+//! The admin commands (`hamq status`, `queues`, `browse`, `connections`, `durables`, `purge`,
+//! `move`, `retry`, `delete`, `remove-durable`): a small HTTP client of a broker's status listener (`status_listen` of the configuration, or
 //! `--url` / `HAMQ_ADMIN_URL`), printing the plain-text tables it answers (`--json`: the
 //! `/status` document, for `status` and `queues`), with the credentials of `HAMQ_ADMIN_USER` and
 //! `HAMQ_ADMIN_PASSWORD` when set. And `hamq hash`, which needs no broker: it reads a password
@@ -14,14 +14,26 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 /// The commands and the usage line that names them.
-pub const USAGE: &str = "[--url http://HOST:PORT] [--json] status | queues
-           [--url http://HOST:PORT] browse /queue/NAME | purge /queue/NAME
+pub const USAGE: &str = "[--url http://HOST:PORT] [--json] ADMIN-COMMAND
        hamq hash [--iterations N]       a password's hash for `users` (password on stdin)
        hamq --help | --version
 
+ADMIN-COMMAND (--json for those that list):
+  status                      this broker: role, master, epoch, database, uptime
+  queues                      each destination: depth, in flight, consumers, counters
+  browse /queue/NAME          the first 100 waiting messages: headers, size, age, body
+  connections                 each client: address, login, subscriptions, in flight, idle
+  durables                    durable topic subscriptions: client-id, name, topic, pending
+  purge /queue/NAME           remove a queue's waiting messages
+  move /queue/FROM /queue/TO  move up to 10000 waiting messages to another queue
+  retry /queue/DLQ.NAME       move dead-lettered messages back to /queue/NAME
+  delete /queue/NAME          forget a queue (and its waiting messages); none may consume
+  remove-durable CLIENT-ID NAME   delete an inactive durable subscription and what it holds
+
 The admin commands ask a broker's status listener: --url (or HAMQ_ADMIN_URL), else the
 configuration's status_listen. Credentials: HAMQ_ADMIN_USER and HAMQ_ADMIN_PASSWORD (a user of
-`users`; with the shipped config, guest and guest). --json prints the /status document.
+`users`; with the shipped config, guest and guest). --json: JSON instead of a table (for
+status and queues, the /status document).
 ";
 
 /// Run the command in `args` (after `hamq`); Ok(output) on an HTTP 200, Err(message) otherwise.
@@ -37,12 +49,32 @@ pub fn run(config: &Config, args: &[String]) -> Result<String, String> {
             _ => words.push(arg.as_str()),
         }
     }
+    let format = if json { "&format=json" } else { "" };
     let (method, path) = match (words.as_slice(), json) {
         (["status" | "queues"], true) => ("GET", "/status".to_string()),
         (["status"], false) => ("GET", "/admin/status".to_string()),
         (["queues"], false) => ("GET", "/admin/queues".to_string()),
-        (["browse", d], false) => ("GET", format!("/admin/browse?destination={}", encode(d))),
+        (["browse", d], _) => (
+            "GET",
+            format!("/admin/browse?destination={}{format}", encode(d)),
+        ),
+        (["connections"], _) => ("GET", format!("/admin/connections?{format}")),
+        (["durables"], _) => ("GET", format!("/admin/durables?{format}")),
         (["purge", d], false) => ("POST", format!("/admin/purge?destination={}", encode(d))),
+        (["delete", d], false) => ("POST", format!("/admin/delete?destination={}", encode(d))),
+        (["retry", d], false) => ("POST", format!("/admin/retry?destination={}", encode(d))),
+        (["move", from, to], false) => (
+            "POST",
+            format!("/admin/move?from={}&to={}", encode(from), encode(to)),
+        ),
+        (["remove-durable", client_id, name], false) => (
+            "POST",
+            format!(
+                "/admin/remove-durable?client-id={}&name={}",
+                encode(client_id),
+                encode(name)
+            ),
+        ),
         _ => return Err(format!("usage: hamq {USAGE}")),
     };
     let addr = match url {

@@ -5,18 +5,19 @@
 //! Figures come from the router (a `RouterMsg` with a reply channel, waited on with a bound) and
 //! from the election's `Role`. Endpoints (`GET`, and `HEAD` for each): `/health` (200 only on a
 //! master that serves; 503 naming the state otherwise), `/status` (JSON), `/metrics`
-//! (Prometheus text), and for the admin command `/admin/status`, `/admin/queues`,
-//! `/admin/browse?destination=D`, and `POST /admin/purge?destination=D` (plain-text tables).
-//! When users are configured, the admin endpoints need HTTP Basic credentials of one of them,
-//! and browse needs read, purge admin permission on the destination (see `auth`).
+//! (Prometheus text), and for the admin command `/admin/status`, `/admin/queues` (plain-text
+//! tables) and the requests of `admin` (browse, purge, move, retry, delete, connections,
+//! durable subscriptions). When users are configured, the admin endpoints need HTTP Basic
+//! credentials of one of them, and each admin request a permission (see `admin`).
 
+mod admin;
 mod http;
 mod render;
 
 use crate::auth::permit::Operation;
 use crate::auth::{Authenticator, Login};
 use crate::election::{Phase, Role, RoleInfo};
-use crate::router::{Browsed, RouterMsg, Stats};
+use crate::router::{RouterMsg, Stats};
 use crate::shutdown::Shutdown;
 use base64::Engine;
 use crossbeam_channel::{bounded, Sender};
@@ -107,9 +108,8 @@ fn route(request: &Request, shared: &Shared, shutdown: &Shutdown) -> Response {
             Ok(stats) => Response::text(200, render::queues_table(&stats)),
             Err(r) => r,
         },
-        ("GET", "/admin/browse") => browse(shared, &role, request, user),
-        ("POST", "/admin/purge") => purge(shared, &role, request, user),
-        (method, path) => Response::text(404, format!("no such endpoint: {method} {path}\n")),
+        (method, path) => admin::handle(shared, &role, request, user)
+            .unwrap_or_else(|| Response::text(404, format!("no such endpoint: {method} {path}\n"))),
     }
 }
 
@@ -182,57 +182,4 @@ fn ask<T>(shared: &Shared, request: impl FnOnce(Sender<T>) -> RouterMsg) -> Opti
     let (tx, rx) = bounded(1);
     router.send_timeout(request(tx), ROUTER_TIMEOUT).ok()?;
     rx.recv_timeout(ROUTER_TIMEOUT).ok()
-}
-
-fn destination_param(request: &Request) -> Result<String, Response> {
-    request
-        .param("destination")
-        .filter(|d| d.starts_with("/queue/"))
-        .ok_or_else(|| Response::text(400, "give ?destination=/queue/NAME\n".to_string()))
-}
-
-/// The queue an admin request on the master names, if `user` may do `operation` on it.
-fn admin_queue(
-    shared: &Shared,
-    role: &RoleInfo,
-    request: &Request,
-    (user, operation): (Option<&str>, Operation),
-) -> Result<String, Response> {
-    if !role.master {
-        return Err(not_master(role));
-    }
-    let destination = destination_param(request)?;
-    permitted(shared, user, operation, &destination)?;
-    Ok(destination)
-}
-
-fn browse(shared: &Shared, role: &RoleInfo, request: &Request, user: Option<&str>) -> Response {
-    let destination = match admin_queue(shared, role, request, (user, Operation::Read)) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    let request = |reply| RouterMsg::Browse {
-        destination: destination.clone(),
-        limit: 100,
-        reply,
-    };
-    match ask::<Vec<Browsed>>(shared, request) {
-        Some(list) => Response::text(200, render::browse_table(&destination, &list)),
-        None => Response::text(503, "router busy\n".to_string()),
-    }
-}
-
-fn purge(shared: &Shared, role: &RoleInfo, request: &Request, user: Option<&str>) -> Response {
-    let destination = match admin_queue(shared, role, request, (user, Operation::Admin)) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    let request = |reply| RouterMsg::Purge {
-        destination: destination.clone(),
-        reply,
-    };
-    match ask::<usize>(shared, request) {
-        Some(n) => Response::text(200, format!("purged {n} messages from {destination}\n")),
-        None => Response::text(503, "router busy\n".to_string()),
-    }
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 
 /// Run `hamq COMMAND...` against the status listener on `port`.
 fn admin(port: u16, args: &[&str]) -> (bool, String) {
-    let config = std::env::temp_dir().join(format!("hamq-admin-{}.conf", std::process::id()));
+    let config = std::env::temp_dir().join(format!("hamq-admin-{port}.conf"));
     std::fs::write(&config, format!("status_listen = 127.0.0.1:{port}\n")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_hamq"))
         .arg("--config")
@@ -156,8 +156,8 @@ fn admin_commands_print_tables() {
     assert!(ok, "{out}");
     let priorities: Vec<&str> = out
         .lines()
-        .skip(2)
-        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .filter(|l| l.starts_with("message "))
+        .map(|l| l.split_whitespace().nth(3).unwrap())
         .collect();
     assert_eq!(
         priorities,

@@ -90,8 +90,9 @@ impl Router {
                 conn,
                 outbox,
                 reply,
+                info,
             } => {
-                self.conns.insert(conn, Conn::new(outbox, reply));
+                self.conns.insert(conn, Conn::new(outbox, reply, info));
             }
             RouterMsg::Subscribe { conn, request } => {
                 let reply = self.subscribe(conn, request);
@@ -137,20 +138,12 @@ impl Router {
             RouterMsg::Committed(Committed::Messages(messages)) => self.route(messages),
             RouterMsg::Committed(Committed::Durable(row)) => self.add_durable(row),
             RouterMsg::Committed(Committed::Admitted(weight)) => self.flow.committed(weight),
+            RouterMsg::Committed(Committed::Moved(token)) => self.moved(token),
             RouterMsg::PagedIn(paged) => self.paged_in(paged),
             RouterMsg::Stats(reply) => {
                 let _ = reply.try_send(self.stats());
             }
-            RouterMsg::Browse {
-                destination,
-                limit,
-                reply,
-            } => {
-                let _ = reply.try_send(self.browse(&destination, limit));
-            }
-            RouterMsg::Purge { destination, reply } => {
-                let _ = reply.try_send(self.purge(&destination));
-            }
+            RouterMsg::Admin { request, reply } => self.admin(request, reply),
             RouterMsg::Shutdown => {}
         }
     }

@@ -14,8 +14,10 @@
 //! Submodules: `inbox` (the thread's loop and request handling), `deliver` (dispatch,
 //! redelivery, dead letters), `subscriptions` (subscribe, ack), `paging` (bounded memory: which
 //! bodies stay in memory, loading the others), `topics` (non-durable topic subscribers'
-//! bounded backlogs), `stats` (figures for the status endpoints).
+//! bounded backlogs), `stats` (figures for the status endpoints), `admin` (the status
+//! listener's admin requests: browse, purge, move, delete, connections, durable subscriptions).
 
+mod admin;
 mod deliver;
 mod inbox;
 mod paging;
@@ -32,7 +34,11 @@ use crossbeam_channel::Sender;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-pub use stats::{Browsed, Counters, DestinationStats, Stats};
+pub use admin::{
+    AdminReply, AdminRequest, Browsed, ConnInfo, ConnectionView, Contents, DurableView,
+    BODY_PREVIEW, MOVE_LIMIT,
+};
+pub use stats::{Counters, DestinationStats, Stats};
 pub use subscriptions::{AckMode, AckRef, SubscribeRequest, SubscriptionRef};
 
 /// The configured bounds the router enforces.
@@ -62,6 +68,7 @@ pub enum RouterMsg {
         conn: ConnId,
         outbox: Outbox,
         reply: Sender<Answer>,
+        info: ConnInfo,
     },
     Subscribe {
         conn: ConnId,
@@ -108,16 +115,10 @@ pub enum RouterMsg {
     PagedIn(Paged<Source>),
     /// Figures for the status endpoints.
     Stats(Sender<Stats>),
-    /// The first `limit` waiting messages of a queue.
-    Browse {
-        destination: String,
-        limit: usize,
-        reply: Sender<Vec<Browsed>>,
-    },
-    /// Remove a queue's waiting messages; answers how many.
-    Purge {
-        destination: String,
-        reply: Sender<usize>,
+    /// An admin request of the status listener (see `admin`).
+    Admin {
+        request: AdminRequest,
+        reply: Sender<AdminReply>,
     },
     Shutdown,
 }
@@ -181,6 +182,7 @@ struct Sub {
 
 struct Conn {
     outbox: Outbox,
+    info: ConnInfo,
     reply: Sender<Answer>,
     /// Client subscription id -> router subscription key.
     subs: HashMap<String, u64>,
@@ -244,6 +246,9 @@ pub struct Router {
     flow: Arc<FlowControl>,
     next_seq: u64,
     next_sub: u64,
+    /// Admin moves waiting for their store commit, by token (see `admin`).
+    moving: HashMap<u64, admin::Moving>,
+    next_move: u64,
 }
 
 impl Router {
@@ -290,6 +295,8 @@ impl Router {
             flow,
             next_seq: recovered.last_seq,
             next_sub: 1,
+            moving: HashMap::new(),
+            next_move: 1,
         };
         for (name, queue) in recovered.queues {
             router.queues.entry(name).or_default().queue = queue;
@@ -421,9 +428,10 @@ impl Router {
 }
 
 impl Conn {
-    fn new(outbox: Outbox, reply: Sender<Answer>) -> Conn {
+    fn new(outbox: Outbox, reply: Sender<Answer>, info: ConnInfo) -> Conn {
         Conn {
             outbox,
+            info,
             reply,
             subs: HashMap::new(),
             held: HashMap::new(),

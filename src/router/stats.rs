@@ -1,11 +1,8 @@
 //! Figures for the status endpoints and the admin command: per-destination counters kept as
-//! messages move, snapshots, browsing and purging. Runs on the router thread only; the status
-//! thread asks through `RouterMsg::Stats`/`Browse`/`Purge` and waits on its own channel.
+//! messages move, and snapshots of them. Runs on the router thread only; the status thread asks
+//! through `RouterMsg::Stats` and waits on its own channel.
 
 use super::{Router, Source};
-use crate::message::NON_PERSISTENT_BIT;
-use crate::queue::Entry;
-use crate::store::StoreOp;
 use std::sync::Arc;
 
 /// Running totals of one destination since this broker became master.
@@ -35,16 +32,6 @@ pub struct Stats {
     /// Bytes held by waiting messages (`Entry::held_bytes`), against `memory_limit`.
     pub held_bytes: usize,
     pub destinations: Vec<DestinationStats>,
-}
-
-/// A waiting message as `browse` lists it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Browsed {
-    pub id: u64,
-    pub priority: u8,
-    pub redeliveries: u32,
-    /// Whether its body is in memory (else it waits in the store).
-    pub resident: bool,
 }
 
 impl Router {
@@ -123,44 +110,5 @@ impl Router {
             held_bytes: self.held,
             destinations,
         }
-    }
-
-    /// The first `limit` waiting messages of a queue, in delivery order.
-    pub(super) fn browse(&self, destination: &str, limit: usize) -> Vec<Browsed> {
-        let Some(dest) = self.queues.get(destination) else {
-            return Vec::new();
-        };
-        dest.queue
-            .iter()
-            .take(limit)
-            .map(|e| Browsed {
-                id: e.id(),
-                priority: e.priority(),
-                redeliveries: e.redeliveries,
-                resident: e.message().is_some(),
-            })
-            .collect()
-    }
-
-    /// Remove every waiting (not in-flight) message of a queue; returns how many.
-    pub(super) fn purge(&mut self, destination: &str) -> usize {
-        let Some(dest) = self.queues.get_mut(destination) else {
-            return 0;
-        };
-        // Bare ids, then the entries go: a deep queue is not copied on its way out.
-        let purged = dest.queue.len();
-        let mut ids = Vec::with_capacity(purged);
-        ids.extend(
-            dest.queue
-                .iter()
-                .map(Entry::id)
-                .filter(|id| id & NON_PERSISTENT_BIT == 0),
-        );
-        self.held -= dest.queue.clear();
-        self.paging.remove(&Source::Queue(Arc::from(destination)));
-        self.count(destination, |c| c.dequeued += purged as u64);
-        self.store_later(StoreOp::Purge { ids });
-        log::info!("purged {purged} messages from {destination}");
-        purged
     }
 }

@@ -7,7 +7,7 @@ use crate::codec::{encode, Frame, Version};
 use crate::command::{self, Command, Connect, Send, Subscribe};
 use crate::message::{now_ms, Message};
 use crate::outbox::Outbox;
-use crate::router::{AckRef, Reply, RouterMsg, SubscribeRequest, SubscriptionRef};
+use crate::router::{AckRef, ConnInfo, Reply, RouterMsg, SubscribeRequest, SubscriptionRef};
 use crate::store::{Done, StoreError, StoreOp, Target};
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,10 +104,23 @@ impl Session {
             .with_header("session", &self.id.to_string())
             .with_header("server", concat!("hamq/", env!("CARGO_PKG_VERSION")))
             .with_header("heart-beat", &format!("{sx},{sy}"));
+        let info = ConnInfo {
+            address: self
+                .stream
+                .socket()
+                .peer_addr()
+                .map_or_else(|_| "unknown".to_string(), |a| a.to_string()),
+            login: self.user.clone(),
+            client_id: self.client_id.clone(),
+            version: c.version.as_str(),
+            connected: now_ms(),
+            last_frame: self.last_frame.clone(),
+        };
         let registered = self.ctx.router.send(RouterMsg::Connected {
             conn: self.id,
             outbox: self.outbox.clone(),
             reply: self.reply_tx.clone(),
+            info,
         });
         if registered.is_err() || !self.reserve() || !self.outbox.control(&connected, c.version) {
             return Flow::Close;

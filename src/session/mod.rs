@@ -14,6 +14,7 @@ pub mod writer;
 
 use crate::codec::{Decoded, Decoder, Frame, Limits, Version};
 use crate::config::Config;
+use crate::message::now_ms;
 use crate::outbox::{outbox, Outbox, StartWriter};
 use crate::router::{Answer, ConnId, Reply, RouterMsg};
 use crate::shutdown::Shutdown;
@@ -22,6 +23,7 @@ use crate::transport::Transport;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use writer::WriterSettings;
@@ -84,6 +86,9 @@ struct Session {
     store_rx: Receiver<Result<(), StoreError>>,
     /// The last answer of the router carried store writes: its RECEIPT must follow them.
     answer_wrote: std::cell::Cell<bool>,
+    /// Epoch milliseconds of the last frame read (not heart-beats), for the admin's
+    /// connection list (`ConnInfo::last_frame`).
+    last_frame: Arc<AtomicI64>,
 }
 
 /// Serve one accepted connection (TLS already handshaken) on this thread until it closes.
@@ -113,6 +118,7 @@ pub fn serve(id: ConnId, stream: Transport, accepted: Instant, ctx: Context) {
         store_tx,
         store_rx,
         answer_wrote: std::cell::Cell::new(false),
+        last_frame: Arc::new(AtomicI64::new(now_ms())),
     };
     session.read_loop();
     if session.version.is_some() {
@@ -192,6 +198,7 @@ impl Session {
                 Ok(None) => return Flow::Continue,
                 Ok(Some(Decoded::HeartBeat)) => {}
                 Ok(Some(Decoded::Frame(frame))) => {
+                    self.last_frame.store(now_ms(), Ordering::Relaxed);
                     if self.handle(frame) == Flow::Close {
                         return Flow::Close;
                     }

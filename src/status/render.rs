@@ -3,7 +3,7 @@
 
 use super::Shared;
 use crate::election::RoleInfo;
-use crate::router::{Browsed, Stats};
+use crate::router::Stats;
 use std::fmt::Write;
 
 fn role_name(role: &RoleInfo) -> &'static str {
@@ -332,27 +332,6 @@ pub fn queues_table(stats: &Stats) -> String {
             c.dequeued,
             c.redelivered,
             c.dead_lettered
-        );
-    }
-    out
-}
-
-pub fn browse_table(destination: &str, list: &[Browsed]) -> String {
-    let mut out = format!(
-        "{destination}: first {} waiting messages\n{:>12} {:>8} {:>12} {:>9}\n",
-        list.len(),
-        "MESSAGE-ID",
-        "PRIORITY",
-        "REDELIVERED",
-        "IN-MEMORY"
-    );
-    for m in list {
-        let resident = if m.resident { "yes" } else { "no" };
-        let id = crate::message::format_message_id(m.id);
-        let _ = writeln!(
-            out,
-            "{id:>12} {:>8} {:>12} {resident:>9}",
-            m.priority, m.redeliveries
         );
     }
     out

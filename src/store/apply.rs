@@ -56,6 +56,11 @@ pub(super) enum Work {
     Purge {
         ids: Vec<u64>,
     },
+    Move {
+        ids: Vec<u64>,
+        to: String,
+        token: u64,
+    },
 }
 
 impl Work {
@@ -98,6 +103,7 @@ impl Work {
             ),
             StoreOp::DeleteDurable { id } => (Work::DeleteDurable { id }, None),
             StoreOp::Purge { ids } => (Work::Purge { ids }, None),
+            StoreOp::Move { ids, to, token } => (Work::Move { ids, to, token }, None),
         }
     }
 
@@ -261,6 +267,10 @@ impl Apply<'_, '_, '_> {
             }
             Work::DeleteDurable { id } => self.delete_durable(*id)?,
             Work::Purge { ids } => delete_messages(self.tx, ids)?,
+            Work::Move { ids, to, token } => {
+                move_messages(self.tx, ids, to)?;
+                out.committed.push(Committed::Moved(*token));
+            }
         }
         Ok(())
     }
@@ -599,6 +609,24 @@ fn placeholders(rows: usize, columns: usize) -> String {
 
 /// One `DELETE ... IN (...)` per chunk instead of a round trip per acknowledged or purged
 /// message. The ids are numbers formatted by us, never client text.
+/// Re-point queue message rows at queue `to`, as fresh messages there: no original destination,
+/// no deliveries counted.
+fn move_messages(tx: &mut Transaction<'_>, ids: &[u64], to: &str) -> Result<(), StoreError> {
+    for chunk in ids.chunks(500) {
+        // Numbers we formatted ourselves; the destination goes as a parameter.
+        let list: Vec<String> = chunk.iter().map(u64::to_string).collect();
+        tx.exec_drop(
+            format!(
+                "UPDATE hamq_messages SET destination = ?, original_destination = NULL, \
+                 redeliveries = 0 WHERE id IN ({})",
+                list.join(",")
+            ),
+            (to,),
+        )?;
+    }
+    Ok(())
+}
+
 fn delete_messages(tx: &mut Transaction<'_>, ids: &[u64]) -> Result<(), StoreError> {
     for chunk in ids.chunks(500) {
         let list: Vec<String> = chunk.iter().map(u64::to_string).collect();

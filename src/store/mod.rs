@@ -70,6 +70,13 @@ pub enum StoreOp {
     /// Delete the rows of a purged queue's waiting messages: bare ids, as a purge may remove
     /// millions.
     Purge { ids: Vec<u64> },
+    /// Re-point queue message rows at another queue (an admin move); forwarded as
+    /// `Committed::Moved(token)`.
+    Move {
+        ids: Vec<u64>,
+        to: String,
+        token: u64,
+    },
 }
 
 /// What the writer forwards to the router, in commit order.
@@ -80,6 +87,8 @@ pub enum Committed {
     /// The flow-control weight of a batch's SENDs, after its messages: the router gives it back
     /// (`FlowControl::committed`) once it has routed them.
     Admitted(usize),
+    /// The move the router numbered so is committed.
+    Moved(u64),
 }
 
 /// A durable topic subscription as stored.
