@@ -90,6 +90,7 @@ pub fn run(
         flow: Arc::new(FlowControl::new(STORE_BACKLOG_BYTES)),
         memory_limit: config.memory_limit,
         auth,
+        verifying: Mutex::new(()),
     });
     // The status listener answers on slaves too (health 503): it is bound before the election.
     let status_thread = match config.status_listen {
