@@ -25,6 +25,9 @@ pub struct Config {
     /// PEM certificate chain (server certificate first) and private key of the TLS listener.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// The status listener's certificate and key: with them it speaks HTTPS only.
+    pub status_tls_cert: Option<PathBuf>,
+    pub status_tls_key: Option<PathBuf>,
     /// The status/metrics/admin HTTP listener; None = off.
     pub status_listen: Option<SocketAddr>,
     pub default_persistent: bool,
@@ -106,6 +109,8 @@ const KEYS: &[&str] = &[
     "stomp_tls_listen",
     "tls_cert",
     "tls_key",
+    "status_tls_cert",
+    "status_tls_key",
     "status_listen",
     "default_persistent",
     "max_redeliveries",
@@ -154,6 +159,8 @@ impl Default for Config {
             stomp_tls_listen: None,
             tls_cert: None,
             tls_key: None,
+            status_tls_cert: None,
+            status_tls_key: None,
             status_listen: None,
             default_persistent: true,
             max_redeliveries: 6,
@@ -312,6 +319,27 @@ impl Config {
                 }
             }
         }
+        match (&self.status_tls_cert, &self.status_tls_key) {
+            (Some(_), None) => {
+                return Err(problem(
+                    "status_tls_key",
+                    "status_tls_cert is set, so this must be too",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(problem(
+                    "status_tls_cert",
+                    "status_tls_key is set, so this must be too",
+                ))
+            }
+            (Some(_), Some(_)) if self.status_listen.is_none() => {
+                return Err(problem(
+                    "status_tls_cert",
+                    "set, but status_listen is empty: there is no status listener",
+                ))
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -332,6 +360,8 @@ impl Config {
             }
             "tls_cert" => self.tls_cert = path(value),
             "tls_key" => self.tls_key = path(value),
+            "status_tls_cert" => self.status_tls_cert = path(value),
+            "status_tls_key" => self.status_tls_key = path(value),
             "status_listen" if value.is_empty() => self.status_listen = None,
             "status_listen" => {
                 self.status_listen = Some(value.parse().map_err(|_| {
@@ -605,6 +635,18 @@ mod tests {
         let env = [("HAMQ_STOMP_TLS_LISTEN", "127.0.0.1:61614")];
         let no_key = parse(&format!("datastore = {URL}\ntls_cert = c.pem\n"), &env).unwrap();
         assert_eq!(no_key.check_listeners().unwrap_err().key, "tls_key");
+        let status = |extra: &str| {
+            let text = format!("datastore = {URL}\nstatus_listen = 127.0.0.1:8161\n{extra}");
+            parse(&text, &[]).unwrap().check_listeners()
+        };
+        assert!(status("status_tls_cert = c.pem\nstatus_tls_key = k.pem\n").is_ok());
+        let half = status("status_tls_cert = c.pem\n").unwrap_err();
+        assert_eq!(half.key, "status_tls_key");
+        let text = format!(
+            "datastore = {URL}\nstatus_listen =\nstatus_tls_cert = c\nstatus_tls_key = k\n"
+        );
+        let nowhere = parse(&text, &[]).unwrap().check_listeners().unwrap_err();
+        assert_eq!(nowhere.key, "status_tls_cert");
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod reload;
 use hamq::auth::Authenticator;
 use hamq::config::Config;
 use hamq::shutdown::Shutdown;
-use rustls::ServerConfig;
+use hamq::transport::TlsSettings;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -103,7 +103,7 @@ fn read_config(path: &str) -> Result<Config, String> {
     Config::parse(&text, path, std::env::vars()).map_err(|e| e.to_string())
 }
 
-fn run_broker(config: Config, tls: Option<Arc<ServerConfig>>, path: &str) -> ExitCode {
+fn run_broker(config: Config, tls: TlsSettings, path: &str) -> ExitCode {
     log::info!(
         "hamq {} starting as `{}`",
         env!("CARGO_PKG_VERSION"),

@@ -21,6 +21,7 @@ use crate::session::{self, Context};
 use crate::shutdown::Shutdown;
 use crate::status;
 use crate::store::{self, Committed, Fence, StoreError};
+use crate::transport::TlsSettings;
 use crate::transport::{self, Transport};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use mysql::Conn;
@@ -71,11 +72,12 @@ type Registry = Arc<Connections>;
 
 /// Run the broker until `shutdown` is set. Err(reason) when it stopped because of a failure
 /// (lost the lock, store failure): the process then exits non-zero.
-/// `tls`: the TLS listener's settings (from `transport::server_config`), None when it is off.
+/// `tls`: the TLS settings of the STOMP TLS listener and the status listener (from
+/// `transport::server_config`).
 /// `auth`: the users and rules of `config` (shared so that a reload can replace them).
 pub fn run(
     config: Config,
-    tls: Option<Arc<ServerConfig>>,
+    tls: TlsSettings,
     auth: Arc<Authenticator>,
     shutdown: Arc<Shutdown>,
 ) -> Result<(), String> {
@@ -95,7 +97,7 @@ pub fn run(
     // The status listener answers on slaves too (health 503): it is bound before the election.
     let status_thread = match config.status_listen {
         Some(addr) => Some(
-            status::spawn(addr, shared.clone(), shutdown.clone())
+            status::spawn(addr, tls.status.clone(), shared.clone(), shutdown.clone())
                 .map_err(|e| format!("cannot listen for status on {addr}: {e}"))?,
         ),
         None => None,
@@ -111,7 +113,7 @@ pub fn run(
     let election = election::spawn(config.clone(), shutdown.clone(), role)
         .map_err(|e| format!("could not start the election thread: {e}"))?;
     if wait_for_lock(&election, &shutdown) {
-        if let Err(why) = serve(&config, tls, &shutdown, &shared) {
+        if let Err(why) = serve(&config, tls.stomp, &shutdown, &shared) {
             shutdown.fail(why);
         }
     }

@@ -5,12 +5,14 @@
 //! Figures come from the router (a `RouterMsg` with a reply channel, waited on with a bound) and
 //! from the election's `Role`. Endpoints (`GET`, and `HEAD` for each): `/health` (200 only on a
 //! master that serves; 503 naming the state otherwise), `/status` (JSON), `/metrics`
-//! (Prometheus text), and for the admin command `/admin/status`, `/admin/queues` (plain-text
+//! (Prometheus text), `/admin/console` (the web console, see `console`; `/` leads there), and
+//! for the admin command `/admin/status`, `/admin/queues` (plain-text
 //! tables) and the requests of `admin` (browse, purge, move, retry, delete, connections,
 //! durable subscriptions). When users are configured, the admin endpoints need HTTP Basic
 //! credentials of one of them, and each admin request a permission (see `admin`).
 
 mod admin;
+mod console;
 mod http;
 mod render;
 
@@ -51,18 +53,20 @@ pub struct Shared {
 /// Bind `addr` and answer requests (see `http`) until shutdown.
 pub fn spawn(
     addr: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shared: Arc<Shared>,
     shutdown: Arc<Shutdown>,
 ) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
-    log::info!("status listening on {local}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    log::info!("status listening on {local} ({scheme})");
     shutdown.add_wake(crate::server::wake_address(local));
     let stopping = shutdown.clone();
     let handler: http::Handler = Arc::new(move |request| route(request, &shared, &stopping));
     std::thread::Builder::new()
         .name("status".to_string())
-        .spawn(move || http::serve(listener, &shutdown, handler))
+        .spawn(move || http::serve(listener, shutdown, handler, tls))
 }
 
 /// `/health`: 200 only for a master that serves clients; each other state named.
@@ -94,6 +98,14 @@ fn route(request: &Request, shared: &Shared, shutdown: &Shutdown) -> Response {
     let user = user.as_deref();
     match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/health") => health(&role, shutdown.is_stopping()),
+        ("GET", "/") => Response::new(
+            200,
+            "text/html; charset=utf-8",
+            "<!DOCTYPE html><meta http-equiv=refresh content=\"0; url=/admin/console\">\
+             <a href=\"/admin/console\">the console</a>\n"
+                .to_string(),
+        ),
+        ("GET", "/admin/console") => console::page(shared, &role, user),
         ("GET", "/status") => {
             let json = render::status_json(shared, &role, &stats(shared));
             Response::new(200, "application/json", json)

@@ -1,8 +1,9 @@
 //! A client connection's byte stream: plain TCP, or TLS (rustls with the ring provider) over TCP.
 //!
-//! Owns loading the listener's certificate and key (`server_config`, called once by `main`), the
-//! TLS handshake (`accept_tls`, run on the connection's reader thread before its session starts,
-//! bounded by the CONNECT timeout), and the stream both session threads use.
+//! Owns loading the listeners' certificates and keys (`server_config`, called once by `main`:
+//! the STOMP TLS listener's and the status listener's), the TLS handshake (`accept_tls`, run on
+//! the connection's reader thread before its session starts, bounded by the CONNECT timeout; the
+//! status listener's request threads use it too), and the stream both session threads use.
 //!
 //! A session reads on its reader thread and writes on its writer thread, each with its own clone
 //! of the socket. A rustls connection cannot be split in two, so the TLS variant keeps it behind
@@ -35,17 +36,40 @@ const TICK: Duration = Duration::from_millis(200);
 /// Ciphertext read from the socket at once.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// The TLS listener's settings from `tls_cert` and `tls_key`; None when `stomp_tls_listen` is
-/// off. Err names the file and what is wrong with it.
-pub fn server_config(config: &Config) -> Result<Option<Arc<ServerConfig>>, String> {
-    if config.stomp_tls_listen.is_none() {
-        return Ok(None);
-    }
-    let (Some(cert_path), Some(key_path)) = (&config.tls_cert, &config.tls_key) else {
-        return Err("stomp_tls_listen is set, so tls_cert and tls_key must be too".to_string());
+/// The TLS settings of both listeners that can have them, built once at start.
+#[derive(Clone, Default)]
+pub struct TlsSettings {
+    /// `stomp_tls_listen`'s, from `tls_cert` and `tls_key`.
+    pub stomp: Option<Arc<ServerConfig>>,
+    /// The status listener's, from `status_tls_cert` and `status_tls_key`: when set, it speaks
+    /// HTTPS only (admin passwords go in HTTP Basic).
+    pub status: Option<Arc<ServerConfig>>,
+}
+
+/// Load the certificates and keys the configuration names; Err names the key and the file.
+pub fn server_config(config: &Config) -> Result<TlsSettings, String> {
+    let stomp = match (&config.stomp_tls_listen, &config.tls_cert, &config.tls_key) {
+        (None, _, _) => None,
+        (Some(_), Some(cert), Some(key)) => Some(build(("tls_cert", cert), ("tls_key", key))?),
+        (Some(_), _, _) => {
+            return Err("stomp_tls_listen is set, so tls_cert and tls_key must be too".to_string())
+        }
     };
-    let certs = load_certs(cert_path)?;
-    let key = load_key(key_path)?;
+    let status = match (&config.status_tls_cert, &config.status_tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(build(("status_tls_cert", cert), ("status_tls_key", key))?),
+        _ => return Err("set both status_tls_cert and status_tls_key, or neither".to_string()),
+    };
+    Ok(TlsSettings { stomp, status })
+}
+
+/// A server configuration from the certificate chain and key in these (key name, file)s.
+fn build(
+    (cert_key, cert_path): (&str, &Path),
+    (key_key, key_path): (&str, &Path),
+) -> Result<Arc<ServerConfig>, String> {
+    let certs = load_certs(cert_key, cert_path)?;
+    let key = load_key(key_key, key_path)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -54,40 +78,40 @@ pub fn server_config(config: &Config) -> Result<Option<Arc<ServerConfig>>, Strin
         .with_single_cert(certs, key)
         .map_err(|e| {
             format!(
-                "tls_cert {} with tls_key {}: {e}",
+                "{cert_key} {} with {key_key} {}: {e}",
                 cert_path.display(),
                 key_path.display()
             )
         })?;
-    Ok(Some(Arc::new(server)))
+    Ok(Arc::new(server))
 }
 
 fn read_pem(key: &str, path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{key} {}: cannot read it: {e}", path.display()))
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = read_pem("tls_cert", path)?;
+fn load_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read_pem(key, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("tls_cert {}: not a PEM certificate: {e}", path.display()))?;
+        .map_err(|e| format!("{key} {}: not a PEM certificate: {e}", path.display()))?;
     if certs.is_empty() {
         return Err(format!(
-            "tls_cert {}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            "{key} {}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
             path.display()
         ));
     }
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let pem = read_pem("tls_key", path)?;
+fn load_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = read_pem(key, path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => format!(
-            "tls_key {}: holds no PEM private key (-----BEGIN PRIVATE KEY-----)",
+            "{key} {}: holds no PEM private key (-----BEGIN PRIVATE KEY-----)",
             path.display()
         ),
-        e => format!("tls_key {}: not a PEM private key: {e}", path.display()),
+        e => format!("{key} {}: not a PEM private key: {e}", path.display()),
     })
 }
 

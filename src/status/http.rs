@@ -15,9 +15,11 @@
 //! query values decoded by `percent-encoding`; this file only adds the bounds.
 
 use crate::shutdown::Shutdown;
+use crate::transport::{accept_tls, Transport};
 use percent_encoding::percent_decode_str;
+use rustls::ServerConfig;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,8 +86,14 @@ impl Response {
 /// What answers a request; runs on the request's own thread.
 pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
-/// Accept on `listener` until shutdown, each connection on a thread of its own.
-pub fn serve(listener: TcpListener, shutdown: &Shutdown, handler: Handler) {
+/// Accept on `listener` until shutdown, each connection on a thread of its own; with `tls`,
+/// each speaks HTTPS (the handshake counts in the request's deadline).
+pub fn serve(
+    listener: TcpListener,
+    shutdown: Arc<Shutdown>,
+    handler: Handler,
+    tls: Option<Arc<ServerConfig>>,
+) {
     let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         if shutdown.is_stopping() {
@@ -104,7 +112,7 @@ pub fn serve(listener: TcpListener, shutdown: &Shutdown, handler: Handler) {
             active.fetch_sub(1, Ordering::SeqCst);
             let busy = format!("{MAX_CONNECTIONS} status connections are open: the limit\n");
             write(
-                stream,
+                Transport::Plain(stream),
                 &Response::text(503, busy),
                 false,
                 Duration::from_millis(200),
@@ -112,10 +120,18 @@ pub fn serve(listener: TcpListener, shutdown: &Shutdown, handler: Handler) {
             continue;
         }
         let (handler, count) = (handler.clone(), active.clone());
+        let (tls, stopping) = (tls.clone(), shutdown.clone());
         let spawned = std::thread::Builder::new()
             .name("status-conn".to_string())
             .spawn(move || {
-                answer(stream, accepted, &handler);
+                let stream = match tls {
+                    None => Ok(Transport::Plain(stream)),
+                    Some(tls) => accept_tls(stream, tls, (accepted, REQUEST_TIMEOUT), &stopping),
+                };
+                match stream {
+                    Ok(stream) => answer(stream, accepted, &handler),
+                    Err(why) => log::debug!("status connection dropped: {why}"),
+                }
                 count.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
@@ -124,7 +140,7 @@ pub fn serve(listener: TcpListener, shutdown: &Shutdown, handler: Handler) {
     }
 }
 
-fn answer(mut stream: TcpStream, accepted: Instant, handler: &Handler) {
+fn answer(mut stream: Transport, accepted: Instant, handler: &Handler) {
     let (response, head_only) = match read_request(&mut stream, accepted) {
         Ok(request) => (handler(&request), request.head_only),
         Err(refused) => (refused, false),
@@ -133,7 +149,7 @@ fn answer(mut stream: TcpStream, accepted: Instant, handler: &Handler) {
 }
 
 /// The request head, within the deadline and size bound, or the answer that refuses it.
-fn read_request(stream: &mut TcpStream, accepted: Instant) -> Result<Request, Response> {
+fn read_request(stream: &mut Transport, accepted: Instant) -> Result<Request, Response> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     loop {
@@ -145,7 +161,7 @@ fn read_request(stream: &mut TcpStream, accepted: Instant) -> Result<Request, Re
             );
             return Err(Response::text(408, why));
         }
-        let _ = stream.set_read_timeout(Some(left.min(READ_STEP)));
+        let _ = stream.socket().set_read_timeout(Some(left.min(READ_STEP)));
         match stream.read(&mut buf) {
             Ok(0) => return Err(Response::text(400, "the request ended early\n".to_string())),
             Ok(n) => head.extend_from_slice(&buf[..n]),
@@ -207,8 +223,8 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-fn write(mut stream: TcpStream, response: &Response, head_only: bool, timeout: Duration) {
-    let _ = stream.set_write_timeout(Some(timeout));
+fn write(mut stream: Transport, response: &Response, head_only: bool, timeout: Duration) {
+    let _ = stream.socket().set_write_timeout(Some(timeout));
     let challenge = match response.code {
         401 => "WWW-Authenticate: Basic realm=\"hamq\"\r\n",
         _ => "",
@@ -225,7 +241,8 @@ fn write(mut stream: TcpStream, response: &Response, head_only: bool, timeout: D
     if !head_only {
         out.extend_from_slice(response.body.as_bytes());
     }
-    let _ = stream.write_all(&out);
+    let _ = stream.write_all(&out).and_then(|()| stream.flush());
+    let _ = stream.close_write();
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use crate::election::RoleInfo;
 use crate::router::Stats;
 use std::fmt::Write;
 
-fn role_name(role: &RoleInfo) -> &'static str {
+pub(super) fn role_name(role: &RoleInfo) -> &'static str {
     if role.master {
         "master"
     } else {
@@ -280,7 +280,7 @@ fn process_figures() -> Process {
 }
 
 /// `lock`, `lease`, or empty before the election connection decided.
-fn election_name(role: &RoleInfo) -> &'static str {
+pub(super) fn election_name(role: &RoleInfo) -> &'static str {
     role.election.map_or("", |e| e.as_str())
 }
 
