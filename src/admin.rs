@@ -31,7 +31,8 @@ ADMIN-COMMAND (--json for those that list):
   remove-durable CLIENT-ID NAME   delete an inactive durable subscription and what it holds
 
 The admin commands ask a broker's status listener: --url (or HAMQ_ADMIN_URL), else the
-configuration's status_listen. Credentials: HAMQ_ADMIN_USER and HAMQ_ADMIN_PASSWORD (a user of
+configuration's status_listen (over HTTPS when status_tls_cert is set; an https URL trusts the
+CA certificate in HAMQ_ADMIN_CA, else status_tls_cert). Credentials: HAMQ_ADMIN_USER and HAMQ_ADMIN_PASSWORD (a user of
 `users`; with the shipped config, guest and guest). --json: JSON instead of a table (for
 status and queues, the /status document).
 ";
@@ -77,10 +78,18 @@ pub fn run(config: &Config, args: &[String]) -> Result<String, String> {
         ),
         _ => return Err(format!("usage: hamq {USAGE}")),
     };
-    let addr = match url {
+    let target = match url {
         Some(url) => parse_url(&url)?,
         None => match config.status_listen {
-            Some(addr) => crate::server::wake_address(addr),
+            Some(addr) => {
+                let addr = crate::server::wake_address(addr);
+                let tls = config.status_tls_cert.is_some();
+                Target {
+                    addr,
+                    host: addr.ip().to_string(),
+                    tls,
+                }
+            }
             None => {
                 return Err(
                     "status_listen is not set in the configuration and no --url \
@@ -90,7 +99,8 @@ pub fn run(config: &Config, args: &[String]) -> Result<String, String> {
             }
         },
     };
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    let addr = target.addr;
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| format!("no broker answers on {addr} (status_listen): {e}"))?;
     let timeout = Some(Duration::from_secs(5));
     let _ = stream.set_read_timeout(timeout);
@@ -99,13 +109,12 @@ pub fn run(config: &Config, args: &[String]) -> Result<String, String> {
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{credentials}Connection: close\r\n\r\n"
     );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("sending to {addr}: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("reading from {addr}: {e}"))?;
+    let response = if target.tls {
+        let client = tls_client(config, &target.host)?;
+        exchange(rustls::StreamOwned::new(client, stream), &request, addr)?
+    } else {
+        exchange(stream, &request, addr)?
+    };
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     if head.starts_with("HTTP/1.1 200") {
         Ok(body.to_string())
@@ -117,6 +126,70 @@ pub fn run(config: &Config, args: &[String]) -> Result<String, String> {
     } else {
         Err(body.trim_end().to_string())
     }
+}
+
+/// Where the admin command sends its request.
+struct Target {
+    addr: std::net::SocketAddr,
+    /// The host as the URL names it, for the certificate's name.
+    host: String,
+    tls: bool,
+}
+
+/// Write the request, read the whole response (the broker closes after it).
+fn exchange(
+    mut stream: impl Read + Write,
+    request: &str,
+    addr: std::net::SocketAddr,
+) -> Result<String, String> {
+    stream
+        .write_all(request.as_bytes())
+        .and_then(|()| stream.flush())
+        .map_err(|e| format!("sending to {addr}: {e}"))?;
+    let mut response = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut response) {
+        // A TLS peer that closed without close_notify: what came is still the answer.
+        if response.is_empty() || e.kind() != std::io::ErrorKind::UnexpectedEof {
+            return Err(format!("reading from {addr}: {e}"));
+        }
+    }
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+/// A TLS client for the status listener at `host`, trusting the CA certificates of
+/// `HAMQ_ADMIN_CA`, else those in the configuration's `status_tls_cert` (a self-signed
+/// certificate, or a chain that holds its CA).
+fn tls_client(config: &Config, host: &str) -> Result<rustls::ClientConnection, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let (origin, path) = match (std::env::var("HAMQ_ADMIN_CA"), &config.status_tls_cert) {
+        (Ok(path), _) => ("HAMQ_ADMIN_CA", std::path::PathBuf::from(path)),
+        (Err(_), Some(path)) => ("status_tls_cert", path.clone()),
+        (Err(_), None) => {
+            return Err("the URL is https: give the CA's certificate in HAMQ_ADMIN_CA".to_string())
+        }
+    };
+    let shown = path.display();
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&path)
+        .map_err(|e| format!("{origin} {shown}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{origin} {shown}: not a PEM certificate: {e}"))?;
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{origin} {shown}: {e}"))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host}: not a name for a certificate: {e}"))?;
+    rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(|e| format!("TLS setup: {e}"))
 }
 
 /// The `Authorization` header line from `HAMQ_ADMIN_USER` and `HAMQ_ADMIN_PASSWORD`, or nothing
@@ -173,20 +246,30 @@ pub fn hash(args: &[String], input: impl BufRead) -> Result<String, String> {
     Ok(format!("{hash}\n"))
 }
 
-/// `http://HOST:PORT` (or `HOST:PORT`) as an address to connect to.
-fn parse_url(url: &str) -> Result<std::net::SocketAddr, String> {
+/// `http://HOST:PORT`, `https://HOST:PORT` (or `HOST:PORT`, plain) as where to connect.
+fn parse_url(url: &str) -> Result<Target, String> {
     use std::net::ToSocketAddrs;
-    let bad = || format!("--url `{url}` is not http://HOST:PORT");
-    let rest = url.strip_prefix("http://").unwrap_or(url);
-    if rest.starts_with("https://") {
-        return Err(format!("{url}: the admin command speaks plain HTTP only"));
-    }
+    let bad = || format!("--url `{url}` is not http://HOST:PORT or https://HOST:PORT");
+    let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => (false, url),
+    };
     let authority = rest.trim_end_matches('/');
-    authority
+    let addr = authority
         .to_socket_addrs()
         .map_err(|_| bad())?
         .next()
-        .ok_or_else(bad)
+        .ok_or_else(bad)?;
+    let host = match authority.rsplit_once(':') {
+        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+        None => authority,
+    };
+    Ok(Target {
+        addr,
+        host: host.to_string(),
+        tls,
+    })
 }
 
 /// Percent-encode a destination for the query string.

@@ -145,6 +145,7 @@ const NOT_KEYS: &[&str] = &[
     "ADMIN_USER",
     "ADMIN_PASSWORD",
     "ADMIN_URL",
+    "ADMIN_CA",
     "TEST_MARIADB",
     "HOSTILE_SEED",
     "CI_TEST_TIMEOUT",

@@ -195,6 +195,25 @@ fn console_in_chromium_over_https_on_master_and_slave() {
             "authentication required: HTTP Basic credentials of a user in `users`\n"
         )
     );
+    // The admin command over HTTPS, trusting the CA it is given.
+    let admin = |ca: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hamq"))
+            .args(["--url", &format!("https://127.0.0.1:{status_a}"), "status"])
+            .env("HAMQ_ADMIN_USER", "ops")
+            .env("HAMQ_ADMIN_PASSWORD", "ops-pw")
+            .env("HAMQ_ADMIN_CA", ca)
+            .output()
+            .expect("run hamq");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let (code, text) = admin(&certs.path_str("ca.pem"));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("role         master"), "{text}");
+    let (code, text) = admin(&cert);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("invalid peer certificate"), "{text}");
     // The TLS status port does not answer plain HTTP.
     let mut plain = TcpStream::connect(("127.0.0.1", status_a)).expect("connect");
     plain.set_read_timeout(Some(TIMEOUT)).expect("timeout");
