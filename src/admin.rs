@@ -82,7 +82,7 @@ pub fn run(config: &Config, args: &[String]) -> Result<String, String> {
         Some(url) => parse_url(&url)?,
         None => match config.status_listen {
             Some(addr) => {
-                let addr = crate::server::wake_address(addr);
+                let addr = crate::shutdown::wake_address(addr);
                 let tls = config.status_tls_cert.is_some();
                 Target {
                     addr,

@@ -4,7 +4,39 @@
 
 use crate::codec::{Frame, Version};
 use crate::message::{check_name, parse_destination, Kind, BROKER_HEADERS, MAX_NAME};
-use crate::router::{AckMode, AckRef, SubscriptionRef};
+
+/// SUBSCRIBE's `ack` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckMode {
+    Auto,
+    /// Cumulative: an ACK covers every earlier delivery on the subscription.
+    Client,
+    ClientIndividual,
+}
+
+/// How an ACK/NACK names its message, per STOMP version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AckRef {
+    /// 1.2: the MESSAGE's `ack` header.
+    Id(String),
+    /// 1.1: `message-id` and `subscription`.
+    MessageOf {
+        message_id: String,
+        subscription: String,
+    },
+    /// 1.0: `message-id` alone.
+    Message(String),
+}
+
+/// How an UNSUBSCRIBE names its subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubscriptionRef {
+    /// The SUBSCRIBE's `id`.
+    Id(String),
+    /// 1.0 only: the destination, for a client that subscribed with or without an `id`. Every
+    /// subscription of the connection to it ends.
+    Destination(String),
+}
 
 /// Every frame a client may send, with its validated headers.
 #[derive(Debug, PartialEq, Eq)]

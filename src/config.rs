@@ -453,7 +453,7 @@ fn datastore(value: &str) -> Result<String, String> {
             "`{value}` is not a URL like mysql://user:pass@host:port/db"
         ));
     }
-    crate::store::opts_from_url(value).map_err(|e| format!("bad datastore URL: {e}"))?;
+    datastore_opts(value).map_err(|e| format!("bad datastore URL: {e}"))?;
     Ok(value.to_string())
 }
 
@@ -513,9 +513,51 @@ fn users(value: &str) -> Result<Vec<(String, PasswordHash)>, String> {
     Ok(users)
 }
 
+/// The connection options of a datastore URL: the mysql crate's URL parameters (TLS ones
+/// included: `root_cert_path`, `danger_accept_invalid_certs`, `danger_skip_domain_validation`,
+/// `cert_chain_path` with `priv_key_path`, `cipher_suites`; any of them turns TLS on) plus
+/// hamq's `require_ssl=true`, which turns TLS on by itself (server certificate checked against
+/// the built-in Mozilla roots, and `root_cert_path` if given). With TLS on, a server that does
+/// not offer it is refused.
+pub fn datastore_opts(url: &str) -> Result<mysql::Opts, String> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut require_ssl = false;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("require_ssl", "true")) => require_ssl = true,
+            Some(("require_ssl", "false")) => {}
+            Some(("require_ssl", other)) => {
+                return Err(format!("require_ssl is `{other}`, not true or false"))
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let url = match rest.is_empty() {
+        true => base.to_string(),
+        false => format!("{base}?{}", rest.join("&")),
+    };
+    let mut opts = mysql::Opts::from_url(&url).map_err(|e| e.to_string())?;
+    // The mysql crate's default: after connecting over TCP to 127.0.0.1 or localhost, ask the
+    // server for its Unix socket and move there. That would pass by a proxy on this host (and
+    // its failover). Only the URL's own `prefer_socket=true` asks for it.
+    if !rest.iter().any(|p| p.starts_with("prefer_socket=")) {
+        opts = mysql::OptsBuilder::from_opts(opts)
+            .prefer_socket(false)
+            .into();
+    }
+    if require_ssl && opts.get_ssl_opts().is_none() {
+        return Ok(mysql::OptsBuilder::from_opts(opts)
+            .ssl_opts(Some(mysql::SslOpts::default()))
+            .into());
+    }
+    Ok(opts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mysql::SslOpts;
 
     const URL: &str = "mysql://u:p@127.0.0.1:3306/hamq";
 
@@ -701,5 +743,33 @@ mod tests {
             assert_eq!(err.key, "permit");
             assert!(err.problem.contains(login), "{err}");
         }
+    }
+
+    #[test]
+    fn tls_url_parameters() {
+        let base = "mysql://u:p@db.example:3306/hamq";
+        assert!(datastore_opts(base).unwrap().get_ssl_opts().is_none());
+        assert!(!datastore_opts(base).unwrap().get_prefer_socket());
+        let socket = datastore_opts(&format!("{base}?prefer_socket=true")).unwrap();
+        assert!(socket.get_prefer_socket());
+        let off = datastore_opts(&format!("{base}?require_ssl=false")).unwrap();
+        assert!(off.get_ssl_opts().is_none());
+        let on = datastore_opts(&format!("{base}?require_ssl=true")).unwrap();
+        assert_eq!(on.get_ssl_opts(), Some(&SslOpts::default()));
+        assert_eq!(on.get_db_name(), Some("hamq"));
+        let ca = format!("{base}?require_ssl=true&root_cert_path=/etc/ca.pem&prefer_socket=false");
+        let ca = datastore_opts(&ca).unwrap();
+        let ssl = ca.get_ssl_opts().unwrap();
+        assert_eq!(
+            ssl.root_cert_path(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert!(!ssl.accept_invalid_certs());
+        assert!(!ca.get_prefer_socket());
+        let implied = datastore_opts(&format!("{base}?root_cert_path=/etc/ca.pem")).unwrap();
+        assert!(implied.get_ssl_opts().is_some());
+        let bad = datastore_opts(&format!("{base}?require_ssl=yes")).unwrap_err();
+        assert!(bad.contains("require_ssl"), "{bad}");
+        assert!(datastore_opts(&format!("{base}?bogus=1")).is_err());
     }
 }

@@ -1,21 +1,30 @@
 //! hamq: a small, fast, highly available STOMP broker over a shared MySQL/MariaDB store.
 //!
 //! # Layout
-//! Arrows point one way: `server` -> (`election`, `session`) -> (`router`, `store`) -> `queue` ->
-//! `message`; `server` and `session` -> `transport`; `server` -> `memory`;
-//! `codec` knows nothing but bytes.
+//! Seven layers, bottom first; a module imports only modules of the layers below it (no cycle;
+//! `tests/layout.rs` reads the sources and checks it):
+//! 1. `codec`, `auth`, `shutdown`, `flow_control`, `memory`: need nothing of the crate.
+//! 2. `message` (codec), `config` (auth).
+//! 3. `command`, `outbox`, `queue`, `transport`.
+//! 4. `store`: all SQL.
+//! 5. `router`, `election`.
+//! 6. `session`, `status`.
+//! 7. `server` (process life: uses them all), `admin` (a client of `status`).
 //!
-//! - `admin`: the `hamq status|queues|browse|purge` commands: a client of the status listener;
+//! - `admin`: the `hamq` admin commands (status, queues, browse, connections, durables, purge,
+//!   move, retry, delete, remove-durable): a client of the status listener, over HTTP or HTTPS;
 //!   `hamq hash` (a password hash for the config).
 //! - `auth`: users' password hashes (PBKDF2), verified-login cache, `permit` rules with `*`/`>`
 //!   destination wildcards; asked by `session` and `status`.
-//! - `config`: the `key = value` file, `HAMQ_<KEY>` overrides, validation with key and line.
+//! - `config`: the `key = value` file, `HAMQ_<KEY>` overrides, validation with key and line;
+//!   the datastore URL as connection options.
 //! - `codec`: STOMP frames: incremental decoder with limits, encoder, header escaping.
 //! - `command`: a decoded frame turned into a typed client command, or a protocol error.
 //! - `memory`: glibc's arenas capped at start, freed heap returned by the `memory-trim` thread.
 //! - `message`: a message as the broker holds it, destinations, ids and the MESSAGE frame.
 //! - `queue`: one destination's pending messages in priority/arrival order.
-//! - `router`: the single routing thread: destinations, subscriptions, in-flight deliveries.
+//! - `router`: the single routing thread: destinations, subscriptions, in-flight deliveries,
+//!   and the admin requests (browse, move, connections, durable subscriptions).
 //! - `store`: all SQL: connecting with session settings of its own, what the database is
 //!   (`topology`), the lock, lease and fencing epoch, the utf8mb4 schema and its conversion,
 //!   recovery, the group-commit writer thread, body paging, and the store's error classes.
@@ -27,10 +36,11 @@
 //!   (started when first needed).
 //! - `transport`: a connection's byte stream, plain TCP or TLS: certificate loading, the
 //!   handshake, the TLS state shared by the reader and writer threads.
-//! - `shutdown`: the stop signal every loop checks; wakes the accept loop.
+//! - `shutdown`: the stop signal every loop checks; wakes the accept loops.
 //! - `election`: the election thread: looks at the database, then waits for the master lock
 //!   (a row lock, or on a cluster a lease with a presence lock) as a slave, keeps it as master.
-//! - `status`: the status listener (HTTP): /status, /health, /metrics and the admin endpoints.
+//! - `status`: the status listener (HTTP, or HTTPS with its own certificate): /status, /health,
+//!   /metrics, the web console and the admin endpoints.
 //! - `server`: process life: store connect, recovery, listener, accept loop, shutdown.
 
 pub mod admin;

@@ -437,7 +437,7 @@ fn accept_loop(listener: Listener, ctx: &Context, registry: &Registry) {
     match listener.socket.local_addr() {
         Ok(addr) => {
             log::info!("listening for {what} on {addr}");
-            ctx.shutdown.add_wake(wake_address(addr));
+            ctx.shutdown.add_wake(crate::shutdown::wake_address(addr));
         }
         Err(e) => ctx.shutdown.fail(format!("listener has no address: {e}")),
     }
@@ -475,19 +475,6 @@ fn refuse_connection(mut stream: TcpStream, limit: usize, tls: bool) {
     let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
     let _ = stream.write_all(frame.as_bytes());
     let _ = stream.shutdown(Both::Write);
-}
-
-/// `0.0.0.0:port` cannot be connected to: wake the loop (or reach it) through loopback instead.
-pub fn wake_address(addr: std::net::SocketAddr) -> std::net::SocketAddr {
-    let mut wake = addr;
-    if addr.ip().is_unspecified() {
-        wake.set_ip(if addr.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
-    wake
 }
 
 fn start_session(

@@ -65,3 +65,16 @@ impl Shutdown {
         }
     }
 }
+
+/// `0.0.0.0:port` cannot be connected to: wake the loop (or reach it) through loopback instead.
+pub fn wake_address(addr: SocketAddr) -> SocketAddr {
+    let mut wake = addr;
+    if addr.ip().is_unspecified() {
+        wake.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    wake
+}

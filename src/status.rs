@@ -61,7 +61,7 @@ pub fn spawn(
     let local = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     log::info!("status listening on {local} ({scheme})");
-    shutdown.add_wake(crate::server::wake_address(local));
+    shutdown.add_wake(crate::shutdown::wake_address(local));
     let stopping = shutdown.clone();
     let handler: http::Handler = Arc::new(move |request| route(request, &shared, &stopping));
     std::thread::Builder::new()

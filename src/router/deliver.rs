@@ -2,10 +2,10 @@
 //! what was not acknowledged, dead-lettering, expiry. Runs on the router thread only.
 
 use super::{kind_of, target, InFlight, Router, Source, Sub};
+use crate::command::AckMode;
 use crate::message::{dead_letter_queue, now_ms, Delivery, Kind, Message};
 use crate::queue::Entry;
 use crate::router::subscriptions::format_ack_id;
-use crate::router::AckMode;
 use crate::store::StoreOp;
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -25,6 +25,7 @@ mod stats;
 mod subscriptions;
 mod topics;
 
+use crate::command::{AckMode, AckRef, SubscriptionRef};
 use crate::flow_control::FlowControl;
 use crate::message::{Kind, Message, NON_PERSISTENT_BIT};
 use crate::outbox::Outbox;
@@ -39,7 +40,7 @@ pub use admin::{
     BODY_PREVIEW, MOVE_LIMIT,
 };
 pub use stats::{Counters, DestinationStats, Stats};
-pub use subscriptions::{AckMode, AckRef, SubscribeRequest, SubscriptionRef};
+pub use subscriptions::SubscribeRequest;
 
 /// The configured bounds the router enforces.
 #[derive(Clone, Copy, Debug)]

@@ -2,42 +2,10 @@
 //! Runs on the router thread only; each request returns the `Reply` its session waits for.
 
 use super::{target, ConnId, InFlight, Reply, Router, Source, Sub};
+use crate::command::{AckMode, AckRef, SubscriptionRef};
 use crate::message::{parse_message_id, Kind};
 use std::collections::VecDeque;
 use std::sync::Arc;
-
-/// SUBSCRIBE's `ack` header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AckMode {
-    Auto,
-    /// Cumulative: an ACK covers every earlier delivery on the subscription.
-    Client,
-    ClientIndividual,
-}
-
-/// How an ACK/NACK names its message, per STOMP version.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AckRef {
-    /// 1.2: the MESSAGE's `ack` header.
-    Id(String),
-    /// 1.1: `message-id` and `subscription`.
-    MessageOf {
-        message_id: String,
-        subscription: String,
-    },
-    /// 1.0: `message-id` alone.
-    Message(String),
-}
-
-/// How an UNSUBSCRIBE names its subscription.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SubscriptionRef {
-    /// The SUBSCRIBE's `id`.
-    Id(String),
-    /// 1.0 only: the destination, for a client that subscribed with or without an `id`. Every
-    /// subscription of the connection to it ends.
-    Destination(String),
-}
 
 /// A validated SUBSCRIBE.
 #[derive(Clone, Debug)]
@@ -299,7 +267,7 @@ impl Router {
             ));
         }
         let taken: Vec<InFlight> = match sub.ack {
-            super::AckMode::Client => sub.inflight.drain(..=pos).collect(),
+            AckMode::Client => sub.inflight.drain(..=pos).collect(),
             _ => sub.inflight.remove(pos).into_iter().collect(),
         };
         let source = sub.source.clone();
@@ -338,11 +306,7 @@ impl Router {
         let Some(sub) = self.subs.get(&key) else {
             return Ok(());
         };
-        let first = if sub.ack == super::AckMode::Client {
-            0
-        } else {
-            pos
-        };
+        let first = if sub.ack == AckMode::Client { 0 } else { pos };
         let adding: usize = sub
             .inflight
             .range(first..=pos)

@@ -26,7 +26,7 @@ pub use writer::{spawn_writer, Fence, WriterHandle, WriterStats};
 use crate::message::Message;
 use crate::queue::{PagedMeta, Queue};
 use mysql::prelude::Queryable;
-use mysql::{Conn, Opts, OptsBuilder, SslOpts};
+use mysql::{Conn, OptsBuilder};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,45 +127,6 @@ pub(crate) fn abandon(tx: mysql::Transaction<'_>) {
 /// (see `apply`) and every other statement fit, so none is prepared twice.
 const STATEMENT_CACHE: usize = 128;
 
-/// The connection options of a datastore URL: the mysql crate's URL parameters (TLS ones
-/// included: `root_cert_path`, `danger_accept_invalid_certs`, `danger_skip_domain_validation`,
-/// `cert_chain_path` with `priv_key_path`, `cipher_suites`; any of them turns TLS on) plus
-/// hamq's `require_ssl=true`, which turns TLS on by itself (server certificate checked against
-/// the built-in Mozilla roots, and `root_cert_path` if given). With TLS on, a server that does
-/// not offer it is refused.
-pub fn opts_from_url(url: &str) -> Result<Opts, String> {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let mut require_ssl = false;
-    let mut rest = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("require_ssl", "true")) => require_ssl = true,
-            Some(("require_ssl", "false")) => {}
-            Some(("require_ssl", other)) => {
-                return Err(format!("require_ssl is `{other}`, not true or false"))
-            }
-            _ => rest.push(pair),
-        }
-    }
-    let url = match rest.is_empty() {
-        true => base.to_string(),
-        false => format!("{base}?{}", rest.join("&")),
-    };
-    let mut opts = Opts::from_url(&url).map_err(|e| e.to_string())?;
-    // The mysql crate's default: after connecting over TCP to 127.0.0.1 or localhost, ask the
-    // server for its Unix socket and move there. That would pass by a proxy on this host (and
-    // its failover). Only the URL's own `prefer_socket=true` asks for it.
-    if !rest.iter().any(|p| p.starts_with("prefer_socket=")) {
-        opts = OptsBuilder::from_opts(opts).prefer_socket(false).into();
-    }
-    if require_ssl && opts.get_ssl_opts().is_none() {
-        return Ok(OptsBuilder::from_opts(opts)
-            .ssl_opts(Some(SslOpts::default()))
-            .into());
-    }
-    Ok(opts)
-}
-
 /// Open one connection with bounded socket calls and the session settings of the lease:
 /// `wait_timeout = lease`, so the server drops a connection that goes silent (a frozen or cut-off
 /// master) and with it any lock it held; the owner keeps it busy at shorter intervals.
@@ -204,7 +165,7 @@ pub fn connect_to(
     lease: Duration,
     (io_timeout, lock_wait): (Duration, Duration),
 ) -> Result<Conn, StoreError> {
-    let mut opts = opts_from_url(url).map_err(StoreError::Unfit)?;
+    let mut opts = crate::config::datastore_opts(url).map_err(StoreError::Unfit)?;
     if let Some(address) = address {
         let (host, port) = address
             .rsplit_once(':')
@@ -246,7 +207,7 @@ pub fn connect_to(
 
 /// `host:port` of the server a datastore URL names (what a lease holder announces).
 pub fn address_of(url: &str) -> Result<String, StoreError> {
-    let opts = opts_from_url(url).map_err(StoreError::Unfit)?;
+    let opts = crate::config::datastore_opts(url).map_err(StoreError::Unfit)?;
     Ok(format!(
         "{}:{}",
         opts.get_ip_or_hostname(),
@@ -364,34 +325,6 @@ fn decode_headers(mut bytes: &[u8]) -> Result<Vec<(String, String)>, StoreError>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tls_url_parameters() {
-        let base = "mysql://u:p@db.example:3306/hamq";
-        assert!(opts_from_url(base).unwrap().get_ssl_opts().is_none());
-        assert!(!opts_from_url(base).unwrap().get_prefer_socket());
-        let socket = opts_from_url(&format!("{base}?prefer_socket=true")).unwrap();
-        assert!(socket.get_prefer_socket());
-        let off = opts_from_url(&format!("{base}?require_ssl=false")).unwrap();
-        assert!(off.get_ssl_opts().is_none());
-        let on = opts_from_url(&format!("{base}?require_ssl=true")).unwrap();
-        assert_eq!(on.get_ssl_opts(), Some(&SslOpts::default()));
-        assert_eq!(on.get_db_name(), Some("hamq"));
-        let ca = format!("{base}?require_ssl=true&root_cert_path=/etc/ca.pem&prefer_socket=false");
-        let ca = opts_from_url(&ca).unwrap();
-        let ssl = ca.get_ssl_opts().unwrap();
-        assert_eq!(
-            ssl.root_cert_path(),
-            Some(std::path::Path::new("/etc/ca.pem"))
-        );
-        assert!(!ssl.accept_invalid_certs());
-        assert!(!ca.get_prefer_socket());
-        let implied = opts_from_url(&format!("{base}?root_cert_path=/etc/ca.pem")).unwrap();
-        assert!(implied.get_ssl_opts().is_some());
-        let bad = opts_from_url(&format!("{base}?require_ssl=yes")).unwrap_err();
-        assert!(bad.contains("require_ssl"), "{bad}");
-        assert!(opts_from_url(&format!("{base}?bogus=1")).is_err());
-    }
 
     #[test]
     fn headers_round_trip_and_corruption_is_an_error() {
