@@ -4,16 +4,20 @@
 //!
 //! - The store backlog: the weight (bodies, headers, per-message overhead) of SENDs handed to
 //!   the store writer and not yet routed. Session readers take budget before handing a SEND
-//!   over (`admit`) and wait while it is spent; the router gives it back once it has routed
-//!   the batch (the store writer, for a batch that failed), so the budget bounds the writer's
-//!   queue and the router's inbox together. One message larger than the whole budget still
-//!   passes when nothing else is pending, so nothing waits for ever.
+//!   over (`admit`) and wait while it is spent. What they took is an `Admission`, which travels
+//!   with the SEND (the session, the store writer's batch, the router's inbox) and gives the
+//!   budget back when it is dropped: after the router routed the batch, or wherever the SEND
+//!   ended on the way (refused, failed, never handed over). One owner at a time, and no path
+//!   that can forget it; the budget bounds the writer's queue and the router's inbox together.
+//!   One message larger than the whole budget still passes when nothing else is pending, so
+//!   nothing waits for ever.
 //! - Full queues: the router marks a queue full when it holds `max_queue_depth` waiting
 //!   messages and clears the mark when it drops below; a SEND to a full queue waits.
 //!
 //! A waiting reader stops reading its socket, so TCP pushes back on that producer alone;
 //! producers of other queues go on. Waits are bounded ticks that recheck shutdown. Runs on the
-//! threads that call it (session readers, the store writer, the router); calls nothing.
+//! threads that call it (session readers, and whichever thread drops an `Admission`); calls
+//! nothing.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +31,7 @@ const TICK: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 struct State {
-    /// Bytes handed to the store writer, not yet committed.
+    /// Weight of the SENDs admitted and not yet routed (their `Admission`s are alive).
     pending: usize,
     /// Queues at their depth limit.
     full: HashSet<Arc<str>>,
@@ -59,22 +63,30 @@ impl FlowControl {
     }
 
     /// Wait until `destination` is not full and `bytes` fit in the store backlog, then take
-    /// them. False when `stopping` said so while waiting (nothing was taken).
-    pub fn admit(&self, destination: &str, bytes: usize, stopping: impl Fn() -> bool) -> bool {
+    /// them. None when `stopping` said so while waiting (nothing was taken).
+    pub fn admit(
+        self: &Arc<Self>,
+        destination: &str,
+        bytes: usize,
+        stopping: impl Fn() -> bool,
+    ) -> Option<Admission> {
         let mut state = self.lock();
         let mut counted = false;
         loop {
             let room = state.pending == 0 || state.pending + bytes <= self.capacity;
             if room && !state.full.contains(destination) {
                 state.pending += bytes;
-                return true;
+                return Some(Admission {
+                    flow: Some(self.clone()),
+                    bytes,
+                });
             }
             if !counted {
                 self.waits.fetch_add(1, Ordering::Relaxed);
                 counted = true;
             }
             if stopping() {
-                return false;
+                return None;
             }
             state = match self.changed.wait_timeout(state, TICK) {
                 Ok((state, _)) => state,
@@ -83,8 +95,8 @@ impl FlowControl {
         }
     }
 
-    /// The store writer finished (committed or failed) SENDs of `bytes` body bytes.
-    pub fn committed(&self, bytes: usize) {
+    /// An `Admission` of `bytes` ended.
+    fn release(&self, bytes: usize) {
         if bytes == 0 {
             return;
         }
@@ -117,22 +129,63 @@ impl FlowControl {
     }
 }
 
+/// The budget one or more SENDs took at the gate, given back when dropped.
+#[derive(Default)]
+pub struct Admission {
+    /// None for an empty one (`Admission::default`).
+    flow: Option<Arc<FlowControl>>,
+    bytes: usize,
+}
+
+impl Admission {
+    /// Take `other`'s budget into this one (a transaction's SENDs, a batch's).
+    pub fn join(&mut self, mut other: Admission) {
+        if self.flow.is_none() {
+            self.flow = other.flow.take();
+        }
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(flow) = &self.flow {
+            flow.release(self.bytes);
+        }
+    }
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Admission({} bytes)", self.bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn backlog_admits_until_full_and_an_oversized_message_when_empty() {
-        let flow = FlowControl::new(100);
-        assert!(flow.admit("/queue/a", 60, || false));
-        assert!(flow.admit("/queue/a", 40, || false));
+        let flow = Arc::new(FlowControl::new(100));
+        let mut first = flow.admit("/queue/a", 60, || false).expect("room");
+        let second = flow.admit("/queue/a", 40, || false).expect("room");
         // Full: a waiting admit gives up only when told to stop, and takes nothing.
-        assert!(!flow.admit("/queue/a", 1, || true));
+        assert!(flow.admit("/queue/a", 1, || true).is_none());
         assert_eq!(flow.pending(), 100);
         assert_eq!(flow.waits(), 1);
-        flow.committed(100);
-        assert!(flow.admit("/queue/a", 500, || false));
+        first.join(second);
+        assert_eq!((first.bytes(), flow.pending()), (100, 100));
+        drop(first);
+        assert_eq!(flow.pending(), 0);
+        let big = flow.admit("/queue/a", 500, || false);
         assert_eq!(flow.pending(), 500);
+        drop(big);
+        assert_eq!(flow.pending(), 0);
     }
 
     #[test]
@@ -140,14 +193,16 @@ mod tests {
         let flow = Arc::new(FlowControl::new(1000));
         let queue: Arc<str> = Arc::from("/queue/full");
         flow.set_full(&queue, true);
-        assert!(flow.admit("/queue/other", 1, || false));
-        assert!(!flow.admit("/queue/full", 1, || true));
+        let other = flow.admit("/queue/other", 1, || false);
+        assert!(other.is_some());
+        assert!(flow.admit("/queue/full", 1, || true).is_none());
         let waiter = {
             let flow = flow.clone();
             std::thread::spawn(move || flow.admit("/queue/full", 1, || false))
         };
         flow.set_full(&queue, false);
-        assert!(waiter.join().unwrap());
+        let admitted = waiter.join().unwrap();
+        assert!(admitted.is_some());
         assert_eq!(flow.pending(), 2);
     }
 }

@@ -275,7 +275,7 @@ impl Pipeline {
             fence,
             (&recovered.durables, recovered.next_id),
             max_packet,
-            (shared.store.clone(), shared.flow.clone()),
+            shared.store.clone(),
             forward,
             on_failure,
         )

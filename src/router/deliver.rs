@@ -6,6 +6,7 @@ use crate::command::AckMode;
 use crate::message::{dead_letter_queue, now_ms, Delivery, Kind, Message};
 use crate::queue::Entry;
 use crate::router::subscriptions::format_ack_id;
+use crate::flow_control::Admission;
 use crate::store::StoreOp;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -211,6 +212,7 @@ impl Router {
                 sends: Vec::new(),
                 removals,
                 done: None,
+                admission: Admission::default(),
             });
         }
     }
@@ -288,6 +290,7 @@ impl Router {
                 sends: Vec::new(),
                 removals: vec![t],
                 done: None,
+                admission: Admission::default(),
             });
         }
     }
@@ -364,6 +367,7 @@ impl Router {
                 sends: Vec::new(),
                 removals: consumed,
                 done: None,
+                admission: Admission::default(),
             });
         }
         Some(sub)

@@ -137,7 +137,8 @@ impl Router {
             RouterMsg::Disconnected { conn } => self.disconnected(conn),
             RouterMsg::Committed(Committed::Messages(messages)) => self.route(messages),
             RouterMsg::Committed(Committed::Durable(row)) => self.add_durable(row),
-            RouterMsg::Committed(Committed::Admitted(weight)) => self.flow.committed(weight),
+            // Routed: the budget goes back as it drops.
+            RouterMsg::Committed(Committed::Admitted(admission)) => drop(admission),
             RouterMsg::Committed(Committed::Moved(token)) => self.moved(token),
             RouterMsg::PagedIn(paged) => self.paged_in(paged),
             RouterMsg::Stats(reply) => {

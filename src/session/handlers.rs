@@ -5,6 +5,7 @@ use crate::auth::permit::Operation;
 use crate::auth::Login;
 use crate::codec::{encode, Frame, Version};
 use crate::command::{self, AckRef, Command, Connect, Send, Subscribe, SubscriptionRef};
+use crate::flow_control::Admission;
 use crate::message::{now_ms, Message};
 use crate::outbox::Outbox;
 use crate::router::{ConnInfo, Reply, RouterMsg, SubscribeRequest};
@@ -186,25 +187,24 @@ impl Session {
             return Flow::Continue;
         }
         let flow = &self.ctx.flow;
-        let mut taken = 0;
+        let mut admission = Admission::default();
         for m in &sends {
-            let weight = m.weight();
-            if !flow.admit(&m.destination, weight, || self.ctx.shutdown.is_stopping()) {
-                flow.committed(taken);
-                return Flow::Close;
+            let stopping = || self.ctx.shutdown.is_stopping();
+            match flow.admit(&m.destination, m.weight(), stopping) {
+                Some(taken) => admission.join(taken),
+                // What was taken goes back as `admission` drops.
+                None => return Flow::Close,
             }
-            taken += weight;
         }
         let op = StoreOp::Commit {
             sends,
             removals,
             done,
+            admission,
         };
         if self.to_store(op) {
             Flow::Continue
         } else {
-            // The writer is gone: it will not give the bytes back.
-            flow.committed(taken);
             Flow::Close
         }
     }
@@ -415,6 +415,7 @@ impl Session {
                 sends: Vec::new(),
                 removals: Vec::new(),
                 done: Some(notify(self.store_tx.clone())),
+                admission: Admission::default(),
             };
             if self.to_store(barrier) && matches!(self.await_store(), Some(Ok(()))) {
                 self.receipt_now(Some(id));

@@ -71,6 +71,7 @@ impl Work {
                 sends,
                 removals,
                 done,
+                ..
             } => {
                 let sends = sends.into_iter().map(Arc::new).collect();
                 (Work::Commit { sends, removals }, done)
@@ -104,14 +105,6 @@ impl Work {
             StoreOp::DeleteDurable { id } => (Work::DeleteDurable { id }, None),
             StoreOp::Purge { ids } => (Work::Purge { ids }, None),
             StoreOp::Move { ids, to, token } => (Work::Move { ids, to, token }, None),
-        }
-    }
-
-    /// The flow-control weight its SENDs took when admitted.
-    pub(super) fn weight(&self) -> usize {
-        match self {
-            Work::Commit { sends, .. } => sends.iter().map(|m| m.weight()).sum(),
-            _ => 0,
         }
     }
 

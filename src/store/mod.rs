@@ -23,6 +23,7 @@ pub use error::{Rejection, StoreError, DEADLOCK, WSREP_NOT_READY};
 pub use pager::{spawn_pager, Connector, PageForward, PageRequest, Paged};
 pub use writer::{spawn_writer, Fence, WriterHandle, WriterStats};
 
+use crate::flow_control::Admission;
 use crate::message::Message;
 use crate::queue::{PagedMeta, Queue};
 use mysql::prelude::Queryable;
@@ -49,6 +50,8 @@ pub enum StoreOp {
         sends: Vec<Message>,
         removals: Vec<Target>,
         done: Option<Done>,
+        /// The flow-control budget the sends took; forwarded to the router after the commit.
+        admission: Admission,
     },
     /// The redelivery count of a message or entry changed.
     Redelivered { target: Target, count: u32 },
@@ -84,9 +87,9 @@ pub enum StoreOp {
 pub enum Committed {
     Messages(Vec<Arc<Message>>),
     Durable(DurableRow),
-    /// The flow-control weight of a batch's SENDs, after its messages: the router gives it back
-    /// (`FlowControl::committed`) once it has routed them.
-    Admitted(usize),
+    /// The flow-control budget of a batch's SENDs, after its messages: the router drops it (and
+    /// so gives it back) once it has routed them.
+    Admitted(Admission),
     /// The move the router numbered so is committed.
     Moved(u64),
 }

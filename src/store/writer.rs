@@ -15,7 +15,7 @@
 
 use super::apply::{self, Apply, Durables, Ids, Outcome, Work};
 use super::{lock, Committed, Done, DurableRow, StoreError, StoreOp};
-use crate::flow_control::FlowControl;
+use crate::flow_control::Admission;
 use crossbeam_channel::RecvTimeoutError;
 use mysql::{Conn, Transaction, TxOpts};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,7 +82,7 @@ pub fn spawn_writer(
     fence: Fence,
     recovered: (&[DurableRow], u64),
     max_packet: usize,
-    (stats, flow): (Arc<WriterStats>, Arc<FlowControl>),
+    stats: Arc<WriterStats>,
     forward: Forward,
     on_failure: Box<dyn FnOnce(StoreError) + Send>,
 ) -> std::io::Result<WriterHandle> {
@@ -98,7 +98,6 @@ pub fn spawn_writer(
         },
         max_statement: max_packet.saturating_sub(apply::ROW_OVERHEAD),
         stats,
-        flow,
         forward,
         last_batch: 1,
         last_commit: Duration::ZERO,
@@ -120,9 +119,6 @@ struct Writer {
     /// Bytes one INSERT statement may carry: the server's packet limit less the statement's own.
     max_statement: usize,
     stats: Arc<WriterStats>,
-    /// Gives back the flow-control weight of SENDs that were not stored; for committed ones the
-    /// router does, once it routed them (`Committed::Admitted`).
-    flow: Arc<FlowControl>,
     forward: Forward,
     /// Operations in the last batch that reached the database, how long it took, and when it
     /// ended.
@@ -135,12 +131,23 @@ struct Writer {
 struct Pending {
     work: Work,
     done: Option<Done>,
+    /// The SENDs' flow-control budget: to the router after the commit; given back here,
+    /// by being dropped, when the operation fails.
+    admission: Admission,
 }
 
 impl Pending {
-    fn new(op: StoreOp) -> Pending {
+    fn new(mut op: StoreOp) -> Pending {
+        let admission = match &mut op {
+            StoreOp::Commit { admission, .. } => std::mem::take(admission),
+            _ => Admission::default(),
+        };
         let (work, done) = Work::from_op(op);
-        Pending { work, done }
+        Pending {
+            work,
+            done,
+            admission,
+        }
     }
 }
 
@@ -171,13 +178,12 @@ impl Writer {
             if let Err((error, unanswered)) = self.commit_split(batch) {
                 log::error!("store write failed: {error}");
                 for pending in unanswered {
-                    self.flow.committed(pending.work.weight());
                     if let Some(done) = pending.done {
                         done(Err(error.clone()));
                     }
                 }
                 on_failure(error);
-                fail_remaining(&rx, &self.flow);
+                fail_remaining(&rx);
                 return;
             }
         }
@@ -222,13 +228,18 @@ impl Writer {
                         let work = Work::Purge {
                             ids: chunk.to_vec(),
                         };
-                        parts.push(vec![Pending { work, done: None }]);
+                        parts.push(vec![Pending {
+                            work,
+                            done: None,
+                            admission: Admission::default(),
+                        }]);
                     }
                     parts.push(Vec::new());
                 }
                 work => parts.last_mut().expect("a part").push(Pending {
                     work,
                     done: pending.done,
+                    admission: pending.admission,
                 }),
             }
         }
@@ -332,17 +343,22 @@ impl Writer {
     }
 
     /// After the commit: the router gets the committed messages in order, then the SENDs'
-    /// weight to give back once it routed them (so the budget bounds its inbox too, not only
-    /// this writer's queue), then every operation's `Done`.
+    /// budget to drop once it routed them (so the budget bounds its inbox too, not only this
+    /// writer's queue), then every operation's `Done`.
     fn finish(&mut self, batch: Vec<Pending>, outcome: Outcome) {
         for committed in outcome.committed {
             (self.forward)(committed);
         }
-        let weight: usize = batch.iter().map(|p| p.work.weight()).sum();
-        if weight > 0 && !(self.forward)(Committed::Admitted(weight)) {
-            self.flow.committed(weight);
+        let mut admission = Admission::default();
+        let mut dones = Vec::with_capacity(batch.len());
+        for pending in batch {
+            admission.join(pending.admission);
+            dones.extend(pending.done);
         }
-        for done in batch.into_iter().filter_map(|p| p.done) {
+        if admission.bytes() > 0 {
+            (self.forward)(Committed::Admitted(admission));
+        }
+        for done in dones {
             done(Ok(()));
         }
     }
@@ -351,7 +367,6 @@ impl Writer {
     fn refuse(&mut self, batch: Vec<Pending>, error: &StoreError) {
         for pending in batch {
             log::warn!("an operation was not stored: {error}; its client gets an ERROR");
-            self.flow.committed(pending.work.weight());
             if let Some(done) = pending.done {
                 done(Err(error.clone()));
             }
@@ -491,10 +506,9 @@ fn give_up(tx: Transaction<'_>, error: &StoreError) {
 }
 
 /// After a failure, keep answering senders until they are all gone, so no one waits for ever.
-fn fail_remaining(rx: &crossbeam_channel::Receiver<StoreOp>, flow: &FlowControl) {
+fn fail_remaining(rx: &crossbeam_channel::Receiver<StoreOp>) {
     for op in rx.iter() {
         let pending = Pending::new(op);
-        flow.committed(pending.work.weight());
         if let Some(done) = pending.done {
             done(Err(StoreError::Stopped));
         }
