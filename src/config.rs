@@ -14,7 +14,7 @@ use std::time::Duration;
 /// Everything the broker reads from its configuration, with defaults filled in.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Unique per broker; shown in logs and (later) as the lock holder.
+    /// Unique per broker; shown in logs and as the lock holder.
     pub name: String,
     /// `mysql://user:pass@host:port/db`.
     pub datastore: String,
@@ -100,40 +100,83 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Every key the broker knows. Kept in one list so that the file, the environment and the error
-/// for an unknown key agree.
-const KEYS: &[&str] = &[
-    "name",
-    "datastore",
-    "stomp_listen",
-    "stomp_tls_listen",
-    "tls_cert",
-    "tls_key",
-    "status_tls_cert",
-    "status_tls_key",
-    "status_listen",
-    "default_persistent",
-    "max_redeliveries",
-    "default_prefetch",
-    "max_command_line",
-    "max_header_line",
-    "max_headers",
-    "max_frame",
-    "users",
-    "permit",
-    "heartbeat_send_ms",
-    "heartbeat_receive_ms",
-    "connect_timeout_ms",
-    "slow_consumer_ms",
-    "max_connections",
-    "max_subscriptions",
-    "max_transaction_bytes",
-    "max_queue_depth",
-    "memory_limit",
-    "lease",
-    "election",
-    "log_timestamps",
+/// One configuration key: its name and how a value of it is read into the configuration.
+struct Key {
+    name: &'static str,
+    set: fn(&mut Config, &str) -> Result<(), String>,
+}
+
+/// `key!("name", |config, value| statement)`: a key whose statement may fail with `?`.
+macro_rules! key {
+    ($name:literal, |$c:ident, $v:ident| $body:expr) => {
+        Key {
+            name: $name,
+            set: |$c, $v| {
+                $body;
+                Ok(())
+            },
+        }
+    };
+}
+
+/// Every key the broker knows, the one list of them: the file, the environment and the error
+/// for an unknown key all read it. (Defaults are `Config::default`'s.)
+const KEYS: &[Key] = &[
+    key!("name", |c, v| c.name = non_empty(v)?),
+    key!("datastore", |c, v| c.datastore = datastore(v)?),
+    key!("stomp_listen", |c, v| c.stomp_listen =
+        listen(v, "0.0.0.0:61613")?),
+    key!("stomp_tls_listen", |c, v| c.stomp_tls_listen =
+        listen(v, "0.0.0.0:61614")?),
+    key!("tls_cert", |c, v| c.tls_cert = path(v)),
+    key!("tls_key", |c, v| c.tls_key = path(v)),
+    key!("status_tls_cert", |c, v| c.status_tls_cert = path(v)),
+    key!("status_tls_key", |c, v| c.status_tls_key = path(v)),
+    key!("status_listen", |c, v| c.status_listen =
+        listen(v, "127.0.0.1:8161")?),
+    key!("default_persistent", |c, v| c.default_persistent =
+        boolean(v)?),
+    key!("max_redeliveries", |c, v| c.max_redeliveries = number(v)?),
+    key!("default_prefetch", |c, v| c.default_prefetch = positive(v)?),
+    key!("max_command_line", |c, v| c.max_command_line = positive(v)?),
+    key!("max_header_line", |c, v| c.max_header_line = positive(v)?),
+    key!("max_headers", |c, v| c.max_headers = positive(v)?),
+    key!("max_frame", |c, v| c.max_frame = positive(v)?),
+    key!("users", |c, v| c.users = users(v)?),
+    // Repeatable; one line may also hold several rules separated by `;`.
+    key!(
+        "permit",
+        |c, v| for rule in v.split(';').filter(|r| !r.trim().is_empty()) {
+            c.permits.push(Permit::parse(rule)?);
+        }
+    ),
+    key!("heartbeat_send_ms", |c, v| c.heartbeat_send = millis(v)?),
+    key!("heartbeat_receive_ms", |c, v| c.heartbeat_receive =
+        millis(v)?),
+    key!("connect_timeout_ms", |c, v| c.connect_timeout =
+        Duration::from_millis(positive(v)? as u64)),
+    key!("slow_consumer_ms", |c, v| c.slow_consumer =
+        Duration::from_millis(positive(v)? as u64)),
+    key!("max_connections", |c, v| c.max_connections = positive(v)?),
+    key!("max_subscriptions", |c, v| c.max_subscriptions =
+        positive(v)?),
+    key!("max_transaction_bytes", |c, v| c.max_transaction_bytes =
+        positive(v)?),
+    key!("max_queue_depth", |c, v| c.max_queue_depth = number(v)?),
+    key!("memory_limit", |c, v| c.memory_limit = positive(v)?),
+    key!("lease", |c, v| c.lease = lease(v)?),
+    key!("election", |c, v| c.election = match v {
+        "auto" => ElectionChoice::Auto,
+        "lock" => ElectionChoice::Lock,
+        "lease" => ElectionChoice::Lease,
+        other => return Err(format!("`{other}` is not auto, lock or lease")),
+    }),
+    key!("log_timestamps", |c, v| c.log_timestamps = boolean(v)?),
 ];
+
+fn key_names() -> String {
+    KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+}
 
 /// `HAMQ_` variables that are not configuration keys: `run`'s and `scripts/local-mariadb`'s,
 /// the admin command's credentials and URL, and the test harness's.
@@ -153,6 +196,8 @@ const NOT_KEYS: &[&str] = &[
 
 impl Default for Config {
     fn default() -> Config {
+        // The frame limits are the codec's own defaults.
+        let limits = crate::codec::Limits::default();
         Config {
             name: default_name(),
             datastore: String::new(),
@@ -166,10 +211,10 @@ impl Default for Config {
             default_persistent: true,
             max_redeliveries: 6,
             default_prefetch: 1000,
-            max_command_line: 1024,
-            max_header_line: 10 * 1024,
-            max_headers: 1000,
-            max_frame: 10 * 1024 * 1024,
+            max_command_line: limits.max_command_line,
+            max_header_line: limits.max_header_line,
+            max_headers: limits.max_headers,
+            max_frame: limits.max_frame,
             users: Vec::new(),
             permits: Vec::new(),
             heartbeat_send: Duration::from_millis(1000),
@@ -241,7 +286,7 @@ impl Config {
             }
             let origin = format!("environment variable {var}");
             let key = key.to_ascii_lowercase();
-            if !KEYS.contains(&key.as_str()) {
+            if !KEYS.iter().any(|k| k.name == key) {
                 // A misspelt variable in an envdir would otherwise be ignored without a word.
                 return Err(ConfigError {
                     key: var.clone(),
@@ -249,7 +294,7 @@ impl Config {
                     problem: format!(
                         "not a configuration key; the keys are {} (as HAMQ_ and the key in \
                          capitals), and HAMQ_{} are the scripts' own",
-                        KEYS.join(", "),
+                        key_names(),
                         NOT_KEYS.join(", HAMQ_")
                     ),
                 });
@@ -345,77 +390,18 @@ impl Config {
     }
 
     fn set(&mut self, key: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
-        let bad = |problem: String| ConfigError {
+        let problem = match KEYS.iter().find(|k| k.name == key) {
+            Some(k) => match (k.set)(self, value) {
+                Ok(()) => return Ok(()),
+                Err(problem) => problem,
+            },
+            None => format!("unknown key; known keys are: {}", key_names()),
+        };
+        Err(ConfigError {
             key: key.to_string(),
             origin: origin.to_string(),
             problem,
-        };
-        match key {
-            "name" => self.name = non_empty(value).map_err(bad)?,
-            "datastore" => self.datastore = datastore(value).map_err(bad)?,
-            "stomp_listen" => {
-                self.stomp_listen = listen(value, "0.0.0.0:61613").map_err(bad)?;
-            }
-            "stomp_tls_listen" => {
-                self.stomp_tls_listen = listen(value, "0.0.0.0:61614").map_err(bad)?;
-            }
-            "tls_cert" => self.tls_cert = path(value),
-            "tls_key" => self.tls_key = path(value),
-            "status_tls_cert" => self.status_tls_cert = path(value),
-            "status_tls_key" => self.status_tls_key = path(value),
-            "status_listen" if value.is_empty() => self.status_listen = None,
-            "status_listen" => {
-                self.status_listen = Some(value.parse().map_err(|_| {
-                    bad(format!(
-                        "`{value}` is not an address like 127.0.0.1:8161 (or empty)"
-                    ))
-                })?)
-            }
-            "default_persistent" => self.default_persistent = boolean(value).map_err(bad)?,
-            "log_timestamps" => self.log_timestamps = boolean(value).map_err(bad)?,
-            "max_redeliveries" => self.max_redeliveries = number(value).map_err(bad)?,
-            "default_prefetch" => self.default_prefetch = positive(value).map_err(bad)?,
-            "max_command_line" => self.max_command_line = positive(value).map_err(bad)?,
-            "max_header_line" => self.max_header_line = positive(value).map_err(bad)?,
-            "max_headers" => self.max_headers = positive(value).map_err(bad)?,
-            "max_frame" => self.max_frame = positive(value).map_err(bad)?,
-            "users" => self.users = users(value).map_err(bad)?,
-            // Repeatable; one line may also hold several rules separated by `;`.
-            "permit" => {
-                for rule in value.split(';').filter(|r| !r.trim().is_empty()) {
-                    self.permits.push(Permit::parse(rule).map_err(bad)?);
-                }
-            }
-            "heartbeat_send_ms" => self.heartbeat_send = millis(value).map_err(bad)?,
-            "heartbeat_receive_ms" => self.heartbeat_receive = millis(value).map_err(bad)?,
-            "connect_timeout_ms" => {
-                self.connect_timeout = Duration::from_millis(positive(value).map_err(bad)? as u64)
-            }
-            "memory_limit" => self.memory_limit = positive(value).map_err(bad)?,
-            "slow_consumer_ms" => {
-                self.slow_consumer = Duration::from_millis(positive(value).map_err(bad)? as u64)
-            }
-            "max_connections" => self.max_connections = positive(value).map_err(bad)?,
-            "max_subscriptions" => self.max_subscriptions = positive(value).map_err(bad)?,
-            "max_transaction_bytes" => self.max_transaction_bytes = positive(value).map_err(bad)?,
-            "max_queue_depth" => self.max_queue_depth = number(value).map_err(bad)?,
-            "lease" => self.lease = lease(value).map_err(bad)?,
-            "election" => {
-                self.election = match value {
-                    "auto" => ElectionChoice::Auto,
-                    "lock" => ElectionChoice::Lock,
-                    "lease" => ElectionChoice::Lease,
-                    other => return Err(bad(format!("`{other}` is not auto, lock or lease"))),
-                }
-            }
-            _ => {
-                return Err(bad(format!(
-                    "unknown key; known keys are: {}",
-                    KEYS.join(", ")
-                )))
-            }
-        }
-        Ok(())
+        })
     }
 }
 

@@ -3,10 +3,10 @@
 
 use super::{kind_of, target, InFlight, Router, Source, Sub};
 use crate::command::AckMode;
+use crate::flow_control::Admission;
 use crate::message::{dead_letter_queue, now_ms, Delivery, Kind, Message};
 use crate::queue::Entry;
 use crate::router::subscriptions::format_ack_id;
-use crate::flow_control::Admission;
 use crate::store::StoreOp;
 use std::collections::HashSet;
 use std::sync::Arc;
