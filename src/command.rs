@@ -73,6 +73,8 @@ pub struct Connect {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Send {
     pub destination: String,
+    /// What `destination` names, parsed once here.
+    pub kind: Kind,
     pub transaction: Option<String>,
     pub persistent: Option<bool>,
     pub priority: u8,
@@ -178,7 +180,7 @@ fn destination(frame: &Frame) -> Result<(String, Kind), String> {
 }
 
 fn send(frame: Frame) -> Result<Send, String> {
-    let (destination, _) = destination(&frame)?;
+    let (destination, kind) = destination(&frame)?;
     let persistent = match frame.header("persistent") {
         None => None,
         Some("true") => Some(true),
@@ -210,6 +212,7 @@ fn send(frame: Frame) -> Result<Send, String> {
     }
     Ok(Send {
         destination,
+        kind,
         transaction: frame.header("transaction").map(str::to_string),
         persistent,
         priority,

@@ -48,6 +48,18 @@ pub enum Kind {
     Topic,
 }
 
+impl Kind {
+    /// The kind of a destination the broker already checked (stored, or parsed before):
+    /// `/topic/...` is a topic, anything else a queue.
+    pub fn of(destination: &str) -> Kind {
+        if destination.starts_with("/topic/") {
+            Kind::Topic
+        } else {
+            Kind::Queue
+        }
+    }
+}
+
 /// Parse a `destination` header: `/queue/NAME` or `/topic/NAME`.
 pub fn parse_destination(value: &str) -> Result<Kind, String> {
     let (kind, name) = if let Some(name) = value.strip_prefix("/queue/") {
@@ -85,6 +97,8 @@ pub struct Message {
     /// The database's id for a persistent message, `NON_PERSISTENT_BIT | n` otherwise.
     pub id: u64,
     pub destination: Arc<str>,
+    /// What `destination` names: parsed once, from the SEND or the stored row.
+    pub kind: Kind,
     pub persistent: bool,
     /// 0-9, higher first.
     pub priority: u8,
@@ -293,6 +307,7 @@ mod tests {
         let message = Message {
             id: 1,
             destination: Arc::from("/queue/q"),
+            kind: Kind::Queue,
             persistent: true,
             priority: 4,
             expires: 0,

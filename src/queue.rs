@@ -298,6 +298,7 @@ mod tests {
         let message = Message {
             id: seq,
             destination: Arc::from("/queue/q"),
+            kind: crate::message::Kind::Queue,
             persistent: true,
             priority,
             expires: if seq == 3 { 1 } else { 0 },

@@ -10,7 +10,7 @@
 //! a crash before the commit leaves the messages where they were.
 
 use super::{ConnId, Router, Source};
-use crate::message::{Message, NON_PERSISTENT_BIT};
+use crate::message::{Kind, Message, NON_PERSISTENT_BIT};
 use crate::queue::{Entry, Slot};
 use crate::store::StoreOp;
 use crossbeam_channel::Sender;
@@ -287,6 +287,7 @@ impl Router {
             if let Slot::Resident(message, _) = &entry.slot {
                 entry.slot = Slot::resident(Arc::new(Message {
                     destination: to.clone(),
+                    kind: Kind::Queue,
                     original_destination: None,
                     ..(**message).clone()
                 }));

@@ -1,7 +1,7 @@
 //! Routing committed messages, dispatching pending ones to consumers with room, putting back
 //! what was not acknowledged, dead-lettering, expiry. Runs on the router thread only.
 
-use super::{kind_of, target, InFlight, Router, Source, Sub};
+use super::{target, InFlight, Router, Source, Sub};
 use crate::command::AckMode;
 use crate::flow_control::Admission;
 use crate::message::{dead_letter_queue, now_ms, Delivery, Kind, Message};
@@ -28,7 +28,7 @@ impl Router {
         let mut touched: HashSet<Arc<str>> = HashSet::new();
         for message in messages {
             self.count(&message.destination, |c| c.enqueued += 1);
-            match kind_of(&message.destination) {
+            match message.kind {
                 Kind::Queue => {
                     let name = message.destination.clone();
                     let entry = self.new_entry(message);
@@ -278,6 +278,7 @@ impl Router {
                         .unwrap_or_else(|| moved.destination.to_string()),
                 );
                 moved.destination = Arc::from(dlq);
+                moved.kind = Kind::Queue;
                 self.route(vec![Arc::new(moved)]);
             }
         }

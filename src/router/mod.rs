@@ -357,7 +357,7 @@ impl Router {
         let below: Vec<Arc<str>> = self
             .full
             .iter()
-            .filter(|name| match kind_of(name) {
+            .filter(|name| match Kind::of(name) {
                 Kind::Topic => self.topic_caught_up(name),
                 Kind::Queue => self.queues.get(*name).is_none_or(|q| q.queue.len() < limit),
             })
@@ -453,13 +453,5 @@ fn target(id: u64, source: &Source) -> Option<Target> {
             message: id,
         }),
         Source::Topic => None,
-    }
-}
-
-fn kind_of(destination: &str) -> Kind {
-    if destination.starts_with("/topic/") {
-        Kind::Topic
-    } else {
-        Kind::Queue
     }
 }

@@ -141,6 +141,7 @@ impl Session {
         let message = Message {
             id: 0,
             destination: Arc::from(s.destination.as_str()),
+            kind: s.kind,
             persistent: s.persistent.unwrap_or(self.ctx.config.default_persistent),
             priority: s.priority,
             expires: s.expires,

@@ -11,7 +11,7 @@
 use super::{
     column, encode_headers, encoded_headers_len, Committed, DurableRow, StoreError, StoreOp, Target,
 };
-use crate::message::{Message, NON_PERSISTENT_BIT};
+use crate::message::{Kind, Message, NON_PERSISTENT_BIT};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Transaction, Value};
 use std::collections::HashMap;
@@ -353,6 +353,7 @@ impl Apply<'_, '_, '_> {
                 .unwrap_or_else(|| message.destination.to_string()),
         );
         moved.destination = Arc::from(dlq);
+        moved.kind = Kind::Queue;
         self.remove(target, out)?;
         Ok(Some(moved))
     }
@@ -443,8 +444,8 @@ impl Apply<'_, '_, '_> {
 /// Whether a message is kept in memory only: non-persistent, or a topic message that no
 /// durable subscription will read.
 pub(super) fn transient(message: &Message, durables: &Durables) -> bool {
-    let topic_without_durables = message.destination.starts_with("/topic/")
-        && durables.subscribers(&message.destination).is_empty();
+    let topic_without_durables =
+        message.kind == Kind::Topic && durables.subscribers(&message.destination).is_empty();
     !message.persistent || topic_without_durables
 }
 

@@ -3,7 +3,7 @@
 //! Runs on the server thread before clients are served, on the connection `server` opened.
 
 use super::{column, decode_headers, DurableRow, Recovered, StoreError};
-use crate::message::Message;
+use crate::message::{Kind, Message};
 use crate::queue::{entry_weight, Entry, PagedMeta, Queue, Slot};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Row};
@@ -325,9 +325,11 @@ pub(super) fn load_messages(
 
 fn message_from_row(row: &Row) -> Result<Message, StoreError> {
     let headers: Vec<u8> = column(row, 6)?;
+    let destination: String = column(row, 1)?;
     Ok(Message {
         id: column(row, 0)?,
-        destination: Arc::from(column::<String>(row, 1)?),
+        kind: Kind::of(&destination),
+        destination: Arc::from(destination),
         persistent: true,
         priority: column(row, 2)?,
         expires: column(row, 3)?,

@@ -16,6 +16,7 @@
 use super::apply::{self, Apply, Durables, Ids, Outcome, Work};
 use super::{lock, Committed, Done, DurableRow, StoreError, StoreOp};
 use crate::flow_control::Admission;
+use crate::message::Kind;
 use crossbeam_channel::RecvTimeoutError;
 use mysql::{Conn, Transaction, TxOpts};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -423,7 +424,7 @@ impl Writer {
                 .iter()
                 .filter(|m| !apply::transient(m, &self.durables))
             {
-                if m.destination.starts_with("/topic/") {
+                if m.kind == Kind::Topic {
                     return false;
                 }
                 rows += 1;
