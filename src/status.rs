@@ -72,7 +72,7 @@ pub fn spawn(
 /// `/health`: 200 only for a master that serves clients; each other state named.
 fn health(role: &RoleInfo, stopping: bool) -> Response {
     let state = match (&role.phase, stopping) {
-        (_, true) | (Phase::Stopping, _) => "stopping".to_string(),
+        (_, true) => "stopping".to_string(),
         (Phase::Serving, false) if role.master => return Response::text(200, "master\n".into()),
         (Phase::Waiting, _) if role.holder.is_empty() => "slave (no master yet)".to_string(),
         (Phase::Waiting, _) => format!("slave (master: {})", role.holder),

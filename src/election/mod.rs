@@ -82,10 +82,8 @@ pub enum Phase {
     Waiting,
     /// Master, recovering the store; not serving clients yet.
     Recovering,
-    /// Master, listening for clients.
+    /// Master, listening for clients. (Stopping is the shutdown signal's to tell.)
     Serving,
-    /// Stopping.
-    Stopping,
 }
 
 impl Role {

@@ -36,8 +36,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 pub use admin::{
-    AdminReply, AdminRequest, Browsed, ConnInfo, ConnectionView, Contents, DurableView,
-    BODY_PREVIEW, MOVE_LIMIT,
+    AdminReply, AdminRequest, Browsed, ConnInfo, ConnectionView, DurableView, BODY_PREVIEW,
 };
 pub use stats::{Counters, DestinationStats, Stats};
 pub use subscriptions::SubscribeRequest;

@@ -19,8 +19,8 @@ mod schema;
 pub mod topology;
 mod writer;
 
-pub use error::{Rejection, StoreError, DEADLOCK, WSREP_NOT_READY};
-pub use pager::{spawn_pager, Connector, PageForward, PageRequest, Paged};
+pub use error::{StoreError, DEADLOCK};
+pub use pager::{spawn_pager, Connector, PageRequest, Paged};
 pub use writer::{spawn_writer, Fence, WriterHandle, WriterStats};
 
 use crate::flow_control::Admission;
