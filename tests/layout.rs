@@ -67,7 +67,10 @@ fn modules_import_only_lower_layers() {
     let lib = std::fs::read_to_string(src.join("lib.rs")).expect("read src/lib.rs");
     let modules: Vec<&str> = lib
         .lines()
-        .filter_map(|l| l.strip_prefix("pub mod ").or(l.strip_prefix("pub(crate) mod ")))
+        .filter_map(|l| {
+            l.strip_prefix("pub mod ")
+                .or(l.strip_prefix("pub(crate) mod "))
+        })
         .map(|l| l.trim_end_matches(';'))
         .collect();
     assert!(modules.len() > 10, "{modules:?}");

@@ -382,7 +382,7 @@ impl Router {
 
     fn remove_durable(&mut self, client_id: String, name: String) -> AdminReply {
         let key = (client_id, name);
-        let Some(&id) = self.durable_names.get(&key) else {
+        let Some(id) = self.index.durable(&key) else {
             return AdminReply::Refused(format!(
                 "no durable subscription `{}` of client `{}`",
                 key.1, key.0
@@ -395,10 +395,9 @@ impl Router {
                 key.1, key.0
             ));
         }
-        self.durable_names.remove(&key);
         let mut pending = 0;
         if let Some(mut durable) = self.durables.remove(&id) {
-            self.unindex_durable(&durable.row);
+            self.index.remove_durable(&durable.row);
             pending = durable.queue.len();
             self.held -= durable.queue.clear();
         }

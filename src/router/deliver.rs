@@ -50,19 +50,12 @@ impl Router {
         let subscribers = if message.is_expired(now_ms()) {
             Vec::new()
         } else {
-            self.topics
-                .get(&message.destination)
-                .cloned()
-                .unwrap_or_default()
+            self.index.subscribers(&message.destination).to_vec()
         };
         for key in subscribers {
             self.offer(key, message.clone());
         }
-        let durables = self
-            .durables_of
-            .get(&*message.destination)
-            .cloned()
-            .unwrap_or_default();
+        let durables = self.index.durables_of(&message.destination).to_vec();
         for id in durables {
             let entry = self.new_entry(message.clone());
             self.push_entry(&Source::Durable(id), entry);
@@ -345,9 +338,7 @@ impl Router {
             }
             Source::Topic => {
                 if let Some(topic) = &sub.topic {
-                    if let Some(list) = self.topics.get_mut(topic) {
-                        list.retain(|&k| k != key);
-                    }
+                    self.index.unsubscribe(topic, key);
                 }
             }
         }

@@ -107,9 +107,9 @@ impl Router {
             }
             RouterMsg::DurableTopic { conn, durable } => {
                 let topic = self
-                    .durable_names
-                    .get(&durable)
-                    .and_then(|id| self.durables.get(id))
+                    .index
+                    .durable(&durable)
+                    .and_then(|id| self.durables.get(&id))
                     .map(|d| d.row.topic.clone());
                 self.reply(conn, Reply::Topic(topic));
             }

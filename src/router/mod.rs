@@ -20,6 +20,7 @@
 mod admin;
 mod deliver;
 mod inbox;
+mod index;
 mod paging;
 mod stats;
 mod subscriptions;
@@ -212,11 +213,9 @@ pub struct Router {
     conns: HashMap<ConnId, Conn>,
     subs: HashMap<u64, Sub>,
     queues: HashMap<Arc<str>, QueueDest>,
-    topics: HashMap<Arc<str>, Vec<u64>>,
     durables: HashMap<u64, Durable>,
-    durable_names: HashMap<(String, String), u64>,
-    /// Topic -> its durable subscriptions, in id order (what `fan_out` looks up).
-    durables_of: HashMap<String, Vec<u64>>,
+    /// Where topic messages go, and durable subscriptions by name.
+    index: index::Index,
     /// Sources that have pending messages and a consumer whose outbox was full.
     blocked: HashSet<Source>,
     /// Topic subscriptions with a backlog waiting for room.
@@ -271,10 +270,8 @@ impl Router {
             conns: HashMap::new(),
             subs: HashMap::new(),
             queues: HashMap::new(),
-            topics: HashMap::new(),
             durables: HashMap::new(),
-            durable_names: HashMap::new(),
-            durables_of: HashMap::new(),
+            index: index::Index::default(),
             blocked: HashSet::new(),
             blocked_subs: HashSet::new(),
             auto_pending: HashSet::new(),
@@ -379,21 +376,6 @@ impl Router {
         }
     }
 
-    fn index_durable(&mut self, row: &DurableRow) {
-        let ids = self.durables_of.entry(row.topic.clone()).or_default();
-        let at = ids.partition_point(|&id| id < row.id);
-        ids.insert(at, row.id);
-    }
-
-    fn unindex_durable(&mut self, row: &DurableRow) {
-        if let Some(ids) = self.durables_of.get_mut(&row.topic) {
-            ids.retain(|&id| id != row.id);
-            if ids.is_empty() {
-                self.durables_of.remove(&row.topic);
-            }
-        }
-    }
-
     fn seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
@@ -404,18 +386,13 @@ impl Router {
             if existing.row.topic != row.topic {
                 // Re-pointed to another topic: the store dropped what it held.
                 let dropped = existing.queue.clear();
-                let old = std::mem::replace(&mut existing.row, row);
+                self.index.repoint_durable(&existing.row, &row);
+                existing.row = row;
                 self.held -= dropped;
-                self.unindex_durable(&old);
-                if let Some(row) = self.durables.get(&old.id).map(|d| d.row.clone()) {
-                    self.index_durable(&row);
-                }
             }
             return;
         }
-        self.index_durable(&row);
-        self.durable_names
-            .insert((row.client_id.clone(), row.name.clone()), row.id);
+        self.index.add_durable(&row);
         self.durables.insert(
             row.id,
             Durable {

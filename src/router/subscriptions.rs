@@ -53,9 +53,9 @@ impl Router {
         }
         let (client_id, name) = durable?;
         let active = self
-            .durable_names
-            .get(&(client_id.clone(), name.clone()))
-            .and_then(|d| self.durables.get(d))
+            .index
+            .durable(&(client_id.clone(), name.clone()))
+            .and_then(|d| self.durables.get(&d))
             .is_some_and(|d| d.active.is_some());
         active.then(|| {
             format!("durable subscription `{name}` of client `{client_id}` is already active")
@@ -71,7 +71,7 @@ impl Router {
         let destination: Arc<str> = Arc::from(request.destination.as_str());
         let (source, topic) = match (&request.durable, request.kind) {
             (Some(name), _) => {
-                let Some(&id) = self.durable_names.get(name) else {
+                let Some(id) = self.index.durable(name) else {
                     return Reply::Refused(format!("durable subscription `{}` not found", name.1));
                 };
                 let Some(durable) = self.durables.get_mut(&id) else {
@@ -92,10 +92,7 @@ impl Router {
                 (Source::Queue(destination.clone()), None)
             }
             (None, Kind::Topic) => {
-                self.topics
-                    .entry(destination.clone())
-                    .or_default()
-                    .push(key);
+                self.index.subscribe(&destination, key);
                 (Source::Topic, Some(destination.clone()))
             }
         };
@@ -150,7 +147,7 @@ impl Router {
         let Some(name) = durable else {
             return Reply::Done;
         };
-        let Some(&durable_id) = self.durable_names.get(&name) else {
+        let Some(durable_id) = self.index.durable(&name) else {
             return Reply::Refused(format!("durable subscription `{}` not found", name.1));
         };
         if self
@@ -163,9 +160,8 @@ impl Router {
                 name.1
             ));
         }
-        self.durable_names.remove(&name);
         if let Some(mut durable) = self.durables.remove(&durable_id) {
-            self.unindex_durable(&durable.row);
+            self.index.remove_durable(&durable.row);
             self.held -= durable.queue.clear();
         }
         self.blocked.remove(&Source::Durable(durable_id));

@@ -51,12 +51,10 @@ impl Router {
 
     /// Whether every subscriber of `topic` is back under half of `BACKLOG_HOLD`.
     pub(super) fn topic_caught_up(&self, topic: &str) -> bool {
-        self.topics.get(topic).is_none_or(|keys| {
-            keys.iter().all(|k| {
-                self.subs
-                    .get(k)
-                    .is_none_or(|s| s.backlog.len() < BACKLOG_HOLD / 2)
-            })
+        self.index.subscribers(topic).iter().all(|k| {
+            self.subs
+                .get(k)
+                .is_none_or(|s| s.backlog.len() < BACKLOG_HOLD / 2)
         })
     }
 
