@@ -53,6 +53,26 @@ fn stomp_1_0_unsubscribe_by_destination_after_subscribing_with_an_id() {
     assert!(c.recv_eof(TIMEOUT));
 }
 
+/// Some clients ACK on auto subscriptions too: the ACK is accepted whether or not the broker
+/// has already settled the delivery (it had closed such a client with "not awaiting
+/// acknowledgement" once the write was done).
+#[test]
+fn ack_on_an_auto_subscription_gets_its_receipt() {
+    let b = broker();
+    let mut c = Client::connect(b.stomp_port());
+    c.subscribe_with_receipt("/queue/a", "s", "auto", &[]);
+    c.send_with_receipt("/queue/a", "first", &[]);
+    let first = c.recv(TIMEOUT);
+    // Once the second is delivered, the first is long written and settled.
+    c.send_with_receipt("/queue/a", "second", &[]);
+    assert_eq!(c.recv(TIMEOUT).text(), "second");
+    let ack = first.header("ack").expect("an ack header").to_string();
+    c.send_frame("ACK", &[("id", &ack), ("receipt", "r-ack")], b"");
+    let reply = c.recv(TIMEOUT);
+    assert_eq!(reply.command, "RECEIPT", "{reply:?}");
+    assert_eq!(reply.header("receipt-id"), Some("r-ack"));
+}
+
 #[test]
 fn nack_on_an_auto_subscription_is_an_error_not_a_receipt() {
     let b = broker();

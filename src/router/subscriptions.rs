@@ -194,6 +194,19 @@ impl Router {
         }
     }
 
+    /// The client id of the auto subscription an ACK/NACK names, if it names one (its `ack`
+    /// id, or 1.1's `subscription`).
+    fn auto_subscription(&self, conn: ConnId, ack: &AckRef) -> Option<Arc<str>> {
+        let c = self.conns.get(&conn)?;
+        let key = match ack {
+            AckRef::Id(text) => parse_ack_id(text).map(|(key, _)| key)?,
+            AckRef::MessageOf { subscription, .. } => *c.subs.get(subscription)?,
+            AckRef::Message(_) => return None,
+        };
+        let sub = self.subs.get(&key).filter(|s| s.conn == conn)?;
+        (sub.ack == AckMode::Auto).then(|| sub.id.clone())
+    }
+
     /// Find the subscription and position of the acknowledged delivery. Lenient like ActiveMQ:
     /// an `ack` id (`KEY-MESSAGEID`) is accepted where a message id is expected, as clients of
     /// 1.0/1.1 often echo the MESSAGE's `ack` header.
@@ -243,6 +256,17 @@ impl Router {
         nack: bool,
         transaction: Option<String>,
     ) -> Reply {
+        // An auto subscription's deliveries are acknowledged as they are written, whether or
+        // not the router has settled them yet: decided by the mode, not by that race.
+        if let Some(id) = self.auto_subscription(conn, &ack) {
+            return match nack {
+                true => Reply::Refused(format!(
+                    "NACK on subscription `{id}`, whose ack mode is auto: its messages are \
+                     acknowledged as they are sent, there is nothing to NACK"
+                )),
+                false => Reply::Done,
+            };
+        }
         let (key, pos) = match self.resolve(conn, &ack) {
             Ok(found) => found,
             Err(problem) => return Reply::Refused(problem),
@@ -255,13 +279,6 @@ impl Router {
         let Some(sub) = self.subs.get_mut(&key) else {
             return Reply::Refused("subscription vanished".to_string());
         };
-        if nack && sub.ack == AckMode::Auto {
-            return Reply::Refused(format!(
-                "NACK on subscription `{}`, whose ack mode is auto: its messages are \
-                 acknowledged as they are sent, there is nothing to NACK",
-                sub.id
-            ));
-        }
         let taken: Vec<InFlight> = match sub.ack {
             AckMode::Client => sub.inflight.drain(..=pos).collect(),
             _ => sub.inflight.remove(pos).into_iter().collect(),
