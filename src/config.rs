@@ -179,7 +179,8 @@ fn key_names() -> String {
 }
 
 /// `HAMQ_` variables that are not configuration keys: `run`'s and `scripts/local-mariadb`'s,
-/// the admin command's credentials and URL, and the test harness's.
+/// the admin command's credentials, URL and CA, `bench/compare`'s `HAMQ_BIN` (inherited by the
+/// brokers it starts), and the test harness's.
 const NOT_KEYS: &[&str] = &[
     "HOME",
     "CONFIG",
@@ -189,6 +190,7 @@ const NOT_KEYS: &[&str] = &[
     "ADMIN_PASSWORD",
     "ADMIN_URL",
     "ADMIN_CA",
+    "BIN",
     "TEST_MARIADB",
     "HOSTILE_SEED",
     "CI_TEST_TIMEOUT",
