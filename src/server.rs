@@ -149,11 +149,11 @@ fn wait_until_bindable(config: &Config, role: &Role, shutdown: &Shutdown) -> boo
         let Some(why) = unbindable else {
             return true;
         };
+        role.set_phase(Phase::Unfit(why.clone()));
         if told.as_ref() != Some(&why) {
             log::error!("{why}; not trying for the lock until it is free (a master must serve)");
-            told = Some(why.clone());
+            told = Some(why);
         }
-        role.set_phase(Phase::Unfit(why));
         shutdown.sleep(BIND_RECHECK);
         if shutdown.is_stopping() {
             return false;
