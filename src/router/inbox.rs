@@ -3,7 +3,8 @@
 //! store writes to the writer without blocking. Runs on the router thread only.
 
 use super::{Answer, Conn, ConnId, Reply, Router, RouterMsg};
-use crate::store::{Committed, StoreOp};
+use crate::flow_control::Admission;
+use crate::store::{Committed, Done, StoreOp};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -68,23 +69,11 @@ impl Router {
                 break;
             }
         }
+        self.handed = self.queued;
+        self.answer_deferred();
     }
 
-    fn handle(&mut self, msg: RouterMsg) {
-        self.in_request = matches!(
-            msg,
-            RouterMsg::Subscribe { .. }
-                | RouterMsg::CheckSubscribe { .. }
-                | RouterMsg::Unsubscribe { .. }
-                | RouterMsg::Ack { .. }
-                | RouterMsg::EndTransaction { .. }
-        );
-        self.dispatch_msg(msg);
-        self.in_request = false;
-        self.store_backlog.extend(self.collected.drain(..));
-    }
-
-    fn dispatch_msg(&mut self, msg: RouterMsg) {
+    pub(super) fn handle(&mut self, msg: RouterMsg) {
         match msg {
             RouterMsg::Connected {
                 conn,
@@ -94,16 +83,21 @@ impl Router {
             } => {
                 self.conns.insert(conn, Conn::new(outbox, reply, info));
             }
-            RouterMsg::Subscribe { conn, request } => {
+            RouterMsg::Subscribe {
+                conn,
+                request,
+                receipt,
+            } => {
+                let before = self.queued;
                 let reply = self.subscribe(conn, request);
-                self.reply(conn, reply);
+                self.answer(conn, reply, receipt, before);
             }
             RouterMsg::CheckSubscribe { conn, id, durable } => {
                 let reply = match self.refusal(conn, &id, Some(&durable)) {
                     Some(problem) => Reply::Refused(problem),
                     None => Reply::Done,
                 };
-                self.reply(conn, reply);
+                self.answer(conn, reply, None, self.queued);
             }
             RouterMsg::DurableTopic { conn, durable } => {
                 let topic = self
@@ -111,28 +105,38 @@ impl Router {
                     .durable(&durable)
                     .and_then(|id| self.durables.get(&id))
                     .map(|d| d.row.topic.clone());
-                self.reply(conn, Reply::Topic(topic));
+                self.answer(conn, Reply::Topic(topic), None, self.queued);
             }
-            RouterMsg::Unsubscribe { conn, sub, durable } => {
+            RouterMsg::Unsubscribe {
+                conn,
+                sub,
+                durable,
+                receipt,
+            } => {
+                let before = self.queued;
                 let reply = self.unsubscribe(conn, sub, durable);
-                self.reply(conn, reply);
+                self.answer(conn, reply, receipt, before);
             }
             RouterMsg::Ack {
                 conn,
                 ack,
                 nack,
                 transaction,
+                receipt,
             } => {
+                let before = self.queued;
                 let reply = self.ack(conn, ack, nack, transaction);
-                self.reply(conn, reply);
+                self.answer(conn, reply, receipt, before);
             }
             RouterMsg::EndTransaction {
                 conn,
                 transaction,
-                commit,
+                end,
+                receipt,
             } => {
-                let reply = self.end_transaction(conn, &transaction, commit);
-                self.reply(conn, reply);
+                let before = self.queued;
+                self.end_transaction(conn, &transaction, end);
+                self.answer(conn, Reply::Done, receipt, before);
             }
             RouterMsg::Disconnected { conn } => self.disconnected(conn),
             RouterMsg::Committed(Committed::Messages(messages)) => self.route(messages),
@@ -149,46 +153,90 @@ impl Router {
         }
     }
 
-    /// The session is blocked on its reply channel (capacity 1, one request at a time), so
-    /// this never finds it full.
-    fn reply(&mut self, conn: ConnId, reply: Reply) {
-        let writes = std::mem::take(&mut self.collected);
-        let answer = Answer { reply, writes };
-        match self.conns.get(&conn) {
-            Some(c) => {
-                if let Err(e) = c.reply.try_send(answer) {
-                    // The session is gone: its writes still must reach the store.
-                    self.store_backlog.extend(e.into_inner().writes);
-                }
+    /// Answer a session's request. If it queued store writes (`queued` moved from `before`),
+    /// its receipt goes to the store behind them, and the answer waits until they are handed
+    /// to the writer (see `Answer`).
+    fn answer(&mut self, conn: ConnId, reply: Reply, receipt: Option<Done>, before: u64) {
+        let wrote = self.queued > before;
+        let receipt = match receipt {
+            Some(done) if wrote => {
+                self.store_after(done);
+                None
             }
-            None => self.store_backlog.extend(answer.writes),
+            unused => unused,
+        };
+        let answer = Answer { reply, receipt };
+        if wrote {
+            self.flush_backlog();
+            if self.handed < self.queued {
+                self.deferred.push_back((self.queued, conn, answer));
+                return;
+            }
+        }
+        self.send_answer(conn, answer);
+    }
+
+    /// The session is blocked on its reply channel (capacity 1, one request at a time), so
+    /// this never finds it full; a session that is gone finds its answer dropped.
+    fn send_answer(&self, conn: ConnId, answer: Answer) {
+        if let Some(c) = self.conns.get(&conn) {
+            let _ = c.reply.try_send(answer);
         }
     }
 
-    /// Store writes of the router's own, handed over without blocking (see the module doc).
-    fn flush_backlog(&mut self) {
+    /// Send the held answers whose writes are handed over.
+    fn answer_deferred(&mut self) {
+        while let Some((mark, _, _)) = self.deferred.front() {
+            if *mark > self.handed {
+                return;
+            }
+            if let Some((_, conn, answer)) = self.deferred.pop_front() {
+                self.send_answer(conn, answer);
+            }
+        }
+    }
+
+    /// Hand queued store writes to the writer without blocking (see the module doc).
+    pub(super) fn flush_backlog(&mut self) {
         while let Some(op) = self.store_backlog.pop_front() {
             match self.store.try_send(op) {
-                Ok(()) => {}
+                Ok(()) => self.handed += 1,
                 Err(TrySendError::Full(op)) => {
                     self.store_backlog.push_front(op);
-                    return;
+                    break;
                 }
                 Err(TrySendError::Disconnected(_)) => {
+                    // Stopping: the sessions see it on their own hand-overs.
                     self.store_backlog.clear();
-                    return;
+                    self.handed = self.queued;
+                    break;
                 }
             }
         }
+        self.answer_deferred();
     }
 
-    /// A store write of the router's own: handed back with the current request's answer (see
-    /// `Answer`), or, outside a request, queued in the backlog.
+    /// Queue a store write of the router's (the one route: see the module doc).
     pub(super) fn store_later(&mut self, op: StoreOp) {
-        if self.in_request {
-            self.collected.push(op);
-        } else {
-            self.store_backlog.push_back(op);
+        self.store_backlog.push_back(op);
+        self.queued += 1;
+    }
+
+    /// Run `done` once everything queued so far is committed: on the last queued write when
+    /// it is a commit without one, else on an empty commit behind it.
+    fn store_after(&mut self, done: Done) {
+        if let Some(StoreOp::Commit {
+            done: slot @ None, ..
+        }) = self.store_backlog.back_mut()
+        {
+            *slot = Some(done);
+            return;
         }
+        self.store_later(StoreOp::Commit {
+            sends: Vec::new(),
+            removals: Vec::new(),
+            done: Some(done),
+            admission: Admission::default(),
+        });
     }
 }

@@ -7,10 +7,13 @@
 //! session that asked for it subscribes to it.
 //!
 //! The router never blocks on anyone: deliveries go to outboxes only when they have room
-//! (`Outbox::has_room`), replies go to reply channels a session is waiting on, and its own store
-//! writes (auto-ack removals, redelivery counts, dead-lettering) wait in `store_backlog` and are
-//! handed over with `try_send` (the writer may be blocked forwarding to us: blocking here could
-//! deadlock). The backlog grows only with deliveries and acks, which the windows bound.
+//! (`Outbox::has_room`), replies go to reply channels a session is waiting on, and its store
+//! writes take one route: `store_later` queues them in `store_backlog`, in order, and the loop
+//! hands them to the writer with `try_send` (the writer may be blocked forwarding to us:
+//! blocking here could deadlock). A request's RECEIPT (`Done`) rides behind the writes the
+//! request caused, and its answer is held until they are handed over, so what the session sends
+//! the store next comes after them. The backlog grows only with deliveries and acks, which the
+//! prefetch windows bound.
 //! Submodules: `inbox` (the thread's loop and request handling), `deliver` (dispatch,
 //! redelivery, dead letters), `subscriptions` (subscribe, ack), `paging` (bounded memory: which
 //! bodies stay in memory, loading the others), `topics` (non-durable topic subscribers'
@@ -26,12 +29,15 @@ mod stats;
 mod subscriptions;
 mod topics;
 
+#[cfg(test)]
+mod tests;
+
 use crate::command::{AckMode, AckRef, SubscriptionRef};
-use crate::flow_control::FlowControl;
+use crate::flow_control::{Admission, FlowControl};
 use crate::message::{Kind, Message, NON_PERSISTENT_BIT};
 use crate::outbox::Outbox;
 use crate::queue::{Entry, Queue, Slot};
-use crate::store::{Committed, DurableRow, PageRequest, Paged, Recovered, StoreOp, Target};
+use crate::store::{Committed, Done, DurableRow, PageRequest, Paged, Recovered, StoreOp, Target};
 use crossbeam_channel::Sender;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -74,6 +80,7 @@ pub enum RouterMsg {
     Subscribe {
         conn: ConnId,
         request: SubscribeRequest,
+        receipt: Option<Done>,
     },
     /// Would `Subscribe` be refused? Asked before a durable subscription touches the store.
     CheckSubscribe {
@@ -93,6 +100,7 @@ pub enum RouterMsg {
         conn: ConnId,
         sub: Option<SubscriptionRef>,
         durable: Option<(String, String)>,
+        receipt: Option<Done>,
     },
     /// ACK (`nack` false) or NACK; with `transaction`, the ack is held until it ends.
     Ack {
@@ -100,12 +108,15 @@ pub enum RouterMsg {
         ack: AckRef,
         nack: bool,
         transaction: Option<String>,
+        receipt: Option<Done>,
     },
-    /// COMMIT (`commit`) or ABORT of a transaction's held acks.
+    /// COMMIT or ABORT of a transaction: its held acks, and on COMMIT its SENDs, which the
+    /// store commits with the acks' removals in one transaction.
     EndTransaction {
         conn: ConnId,
         transaction: String,
-        commit: bool,
+        end: Ending,
+        receipt: Option<Done>,
     },
     /// The connection is gone: its unacknowledged messages go back for redelivery.
     Disconnected {
@@ -124,23 +135,30 @@ pub enum RouterMsg {
     Shutdown,
 }
 
-/// What a session's request gets back on its reply channel: the reply, and the store writes
-/// the request caused in the router (redelivery counts, dead-lettering, auto-ack removals).
-/// The session hands those to the store before anything else, so a RECEIPT it sends after them
-/// comes only once they are committed.
+/// How a transaction ends.
+pub enum Ending {
+    /// Its SENDs, and the flow-control budget they took.
+    Commit {
+        sends: Vec<Message>,
+        admission: Admission,
+    },
+    Abort,
+}
+
+/// What a session's request gets back on its reply channel. A request that may write to the
+/// store carries its `receipt` (the `Done` that sends the RECEIPT, or reports a failed commit).
+/// When the request caused store writes, the receipt follows them to the store and the answer
+/// comes once they are handed to the writer; when it caused none, it comes back here unused
+/// and the session runs it at once.
 pub struct Answer {
     pub reply: Reply,
-    pub writes: Vec<StoreOp>,
+    pub receipt: Option<Done>,
 }
 
 /// The outcome of a session's request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply {
     Done,
-    /// What the request asks the store to remove (ACK, COMMIT).
-    Removals(Vec<Target>),
-    /// UNSUBSCRIBE removed this durable subscription: the store must delete it.
-    DurableRemoved(u64),
     /// The request was refused; the text goes into the ERROR frame.
     Refused(String),
     /// The topic of the durable subscription asked about (None: there is none).
@@ -225,10 +243,14 @@ pub struct Router {
     /// Per-destination totals for the status endpoints.
     counters: HashMap<Arc<str>, Counters>,
     store: Sender<StoreOp>,
+    /// The router's store writes not yet handed to the writer, in order (see the module doc).
     store_backlog: VecDeque<StoreOp>,
-    /// Handling a session's request: store writes go into `collected` for its answer.
-    in_request: bool,
-    collected: Vec<StoreOp>,
+    /// Store writes queued and handed over so far: `queued - handed` are in the backlog.
+    queued: u64,
+    handed: u64,
+    /// Answers held until the writes of their request are handed over: (`queued` after the
+    /// request, connection, answer), in that order.
+    deferred: VecDeque<(u64, ConnId, Answer)>,
     pager: Sender<PageRequest<Source>>,
     /// Sources with a page request out.
     paging: HashSet<Source>,
@@ -278,8 +300,9 @@ impl Router {
             counters: HashMap::new(),
             store,
             store_backlog: VecDeque::new(),
-            in_request: false,
-            collected: Vec::new(),
+            queued: 0,
+            handed: 0,
+            deferred: VecDeque::new(),
             pager,
             paging: HashSet::new(),
             held: 0,

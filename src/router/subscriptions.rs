@@ -1,9 +1,12 @@
 //! Subscribing, unsubscribing, acknowledging and transactions' held acks; connections leaving.
-//! Runs on the router thread only; each request returns the `Reply` its session waits for.
+//! Runs on the router thread only; each request returns the `Reply` its session waits for, and
+//! queues the store writes it causes (`Router::store_later`).
 
-use super::{target, ConnId, InFlight, Reply, Router, Source, Sub};
+use super::{target, ConnId, Ending, InFlight, Reply, Router, Source, Sub};
 use crate::command::{AckMode, AckRef, SubscriptionRef};
-use crate::message::{parse_message_id, Kind};
+use crate::flow_control::Admission;
+use crate::message::{parse_message_id, Kind, Message};
+use crate::store::{StoreOp, Target};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -165,7 +168,8 @@ impl Router {
             self.held -= durable.queue.clear();
         }
         self.blocked.remove(&Source::Durable(durable_id));
-        Reply::DurableRemoved(durable_id)
+        self.store_later(StoreOp::DeleteDurable { id: durable_id });
+        Reply::Done
     }
 
     /// Take the named subscriptions out of the connection's index: by id, or (1.0) every one
@@ -304,7 +308,8 @@ impl Router {
             for f in &taken {
                 self.count_dequeued(&f.entry);
             }
-            Reply::Removals(removals)
+            self.remove_stored(Vec::new(), removals, Admission::default());
+            Reply::Done
         };
         match source {
             Source::Topic => self.feed(key),
@@ -340,33 +345,42 @@ impl Router {
         Ok(())
     }
 
-    /// COMMIT: the held acks become removals for the store. ABORT: they are redelivered.
-    pub(super) fn end_transaction(
-        &mut self,
-        conn: ConnId,
-        transaction: &str,
-        commit: bool,
-    ) -> Reply {
+    /// COMMIT: the held acks become removals, committed with the transaction's SENDs. ABORT:
+    /// they are redelivered.
+    pub(super) fn end_transaction(&mut self, conn: ConnId, transaction: &str, end: Ending) {
         let held = self
             .conns
             .get_mut(&conn)
             .and_then(|c| c.held.remove(transaction))
             .map(|(flights, _)| flights)
             .unwrap_or_default();
-        if commit {
-            let removals = held
-                .iter()
-                .filter_map(|f| target(f.entry.id(), &f.source))
-                .collect();
-            for f in &held {
-                self.count_dequeued(&f.entry);
+        let Ending::Commit { sends, admission } = end else {
+            for flight in held {
+                self.redeliver(flight, true);
             }
-            return Reply::Removals(removals);
+            return;
+        };
+        let removals = held
+            .iter()
+            .filter_map(|f| target(f.entry.id(), &f.source))
+            .collect();
+        for f in &held {
+            self.count_dequeued(&f.entry);
         }
-        for flight in held {
-            self.redeliver(flight, true);
+        self.remove_stored(sends, removals, admission);
+    }
+
+    /// Queue SENDs and removals (when there are any) as one store commit.
+    fn remove_stored(&mut self, sends: Vec<Message>, removals: Vec<Target>, admission: Admission) {
+        if sends.is_empty() && removals.is_empty() {
+            return;
         }
-        Reply::Done
+        self.store_later(StoreOp::Commit {
+            sends,
+            removals,
+            done: None,
+            admission,
+        });
     }
 
     /// The connection closed: its subscriptions end and what it had not acknowledged (also

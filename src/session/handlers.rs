@@ -8,8 +8,8 @@ use crate::command::{self, AckRef, Command, Connect, Send, Subscribe, Subscripti
 use crate::flow_control::Admission;
 use crate::message::{now_ms, Message};
 use crate::outbox::Outbox;
-use crate::router::{ConnInfo, Reply, RouterMsg, SubscribeRequest};
-use crate::store::{Done, StoreError, StoreOp, Target};
+use crate::router::{Answer, ConnInfo, Ending, Reply, RouterMsg, SubscribeRequest};
+use crate::store::{Done, StoreError, StoreOp};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,42 +164,22 @@ impl Session {
             sends.push(message);
             return self.receipt_now(receipt);
         }
-        self.commit_to_store(vec![message], Vec::new(), receipt)
+        self.commit_to_store(message, receipt)
     }
 
-    /// Queue a store commit whose RECEIPT (if asked for) is sent once it is durable. Its SENDs
-    /// first pass flow control (the writer gives their bytes back after the batch). A commit
-    /// with SENDs always reports back, so that one the database refuses gets its ERROR.
-    fn commit_to_store(
-        &mut self,
-        sends: Vec<Message>,
-        removals: Vec<Target>,
-        receipt: Option<&str>,
-    ) -> Flow {
-        if receipt.is_some() && !self.reserve() {
+    /// Queue a SEND's store commit; its RECEIPT (if asked for) is sent once it is durable, and a
+    /// commit the database refuses gets its ERROR.
+    fn commit_to_store(&mut self, message: Message, receipt: Option<&str>) -> Flow {
+        let Some(done) = self.store_done(receipt, true) else {
             return Flow::Close;
-        }
-        let version = self.control_version();
-        let done = (receipt.is_some() || !sends.is_empty()).then(|| {
-            let receipt = receipt.map(str::to_string);
-            reply_done(self.outbox.clone(), receipt, version)
-        });
-        if sends.is_empty() && removals.is_empty() && done.is_none() {
-            return Flow::Continue;
-        }
-        let flow = &self.ctx.flow;
-        let mut admission = Admission::default();
-        for m in &sends {
-            let stopping = || self.ctx.shutdown.is_stopping();
-            match flow.admit(&m.destination, m.weight(), stopping) {
-                Some(taken) => admission.join(taken),
-                // What was taken goes back as `admission` drops.
-                None => return Flow::Close,
-            }
-        }
+        };
+        let sends = vec![message];
+        let Some(admission) = self.admit(&sends) else {
+            return Flow::Close;
+        };
         let op = StoreOp::Commit {
             sends,
-            removals,
+            removals: Vec::new(),
             done,
             admission,
         };
@@ -207,6 +187,67 @@ impl Session {
             Flow::Continue
         } else {
             Flow::Close
+        }
+    }
+
+    /// What reports a store commit's outcome: the RECEIPT if one was asked for (its credit
+    /// reserved here), and for SENDs an ERROR if it fails. None when the broker is stopping.
+    fn store_done(&self, receipt: Option<&str>, sends: bool) -> Option<Option<Done>> {
+        if receipt.is_some() && !self.reserve() {
+            return None;
+        }
+        let version = self.control_version();
+        Some((receipt.is_some() || sends).then(|| {
+            let receipt = receipt.map(str::to_string);
+            reply_done(self.outbox.clone(), receipt, version)
+        }))
+    }
+
+    /// SENDs pass flow control before they reach the store (their budget goes back as the
+    /// `Admission` drops, once they are routed). None when the broker is stopping.
+    fn admit(&self, sends: &[Message]) -> Option<Admission> {
+        let mut admission = Admission::default();
+        for m in sends {
+            let stopping = || self.ctx.shutdown.is_stopping();
+            // What was taken goes back as `admission` drops.
+            admission.join(self.ctx.flow.admit(&m.destination, m.weight(), stopping)?);
+        }
+        Some(admission)
+    }
+
+    /// Ask the router for a request that may write to the store; the RECEIPT goes with it and
+    /// is sent once those writes are committed (see `router::Answer`).
+    fn request(
+        &mut self,
+        receipt: Option<&str>,
+        msg: impl FnOnce(Option<Done>) -> RouterMsg,
+    ) -> Flow {
+        let Some(done) = self.store_done(receipt, false) else {
+            return Flow::Close;
+        };
+        self.settle(msg(done), receipt)
+    }
+
+    fn settle(&mut self, msg: RouterMsg, receipt: Option<&str>) -> Flow {
+        match self.ask(msg) {
+            Some(Answer {
+                reply: Reply::Done,
+                receipt: unused,
+            }) => {
+                if let Some(done) = unused {
+                    done(Ok(()));
+                }
+                Flow::Continue
+            }
+            Some(Answer {
+                reply: Reply::Refused(problem),
+                ..
+            }) => self.refuse(&problem, receipt),
+            Some(Answer {
+                reply: Reply::Topic(_),
+                ..
+            })
+            | None => Flow::Close,
         }
     }
 
@@ -254,7 +295,7 @@ impl Session {
                 id: s.id.clone(),
                 durable: (client_id.clone(), name.clone()),
             };
-            match self.ask(check) {
+            match self.ask(check).map(|answer| answer.reply) {
                 Some(Reply::Done) => {}
                 Some(Reply::Refused(problem)) => return self.refuse(&problem, receipt),
                 _ => return Flow::Close,
@@ -279,11 +320,12 @@ impl Session {
             prefetch: s.prefetch.unwrap_or(self.ctx.config.default_prefetch),
             durable,
         };
-        let msg = RouterMsg::Subscribe {
-            conn: self.id,
+        let conn = self.id;
+        self.request(receipt, |receipt| RouterMsg::Subscribe {
+            conn,
             request,
-        };
-        self.answer(msg, receipt)
+            receipt,
+        })
     }
 
     fn unsubscribe(
@@ -305,7 +347,7 @@ impl Session {
                 conn: self.id,
                 durable: name.clone(),
             };
-            match self.ask(ask) {
+            match self.ask(ask).map(|answer| answer.reply) {
                 Some(Reply::Topic(Some(topic))) => {
                     if let Some(denied) = self.deny(Operation::Admin, &topic, receipt) {
                         return denied;
@@ -315,20 +357,13 @@ impl Session {
                 _ => return Flow::Close,
             }
         }
-        let msg = RouterMsg::Unsubscribe {
-            conn: self.id,
+        let conn = self.id;
+        self.request(receipt, |receipt| RouterMsg::Unsubscribe {
+            conn,
             sub,
             durable,
-        };
-        match self.ask(msg) {
-            Some(Reply::DurableRemoved(id)) => {
-                if !self.to_store(StoreOp::DeleteDurable { id }) {
-                    return Flow::Close;
-                }
-                self.commit_to_store(Vec::new(), Vec::new(), receipt)
-            }
-            other => self.settle(other, receipt),
-        }
+            receipt,
+        })
     }
 
     fn ack(
@@ -343,34 +378,14 @@ impl Session {
                 return self.refuse(&format!("transaction `{tx}` was not begun"), receipt);
             }
         }
-        let msg = RouterMsg::Ack {
-            conn: self.id,
+        let conn = self.id;
+        self.request(receipt, |receipt| RouterMsg::Ack {
+            conn,
             ack,
             nack,
             transaction,
-        };
-        self.answer(msg, receipt)
-    }
-
-    /// Ask the router; removals it returns are committed before the RECEIPT.
-    fn answer(&mut self, msg: RouterMsg, receipt: Option<&str>) -> Flow {
-        let reply = self.ask(msg);
-        self.settle(reply, receipt)
-    }
-
-    fn settle(&mut self, reply: Option<Reply>, receipt: Option<&str>) -> Flow {
-        match reply {
-            Some(Reply::Removals(removals)) => self.commit_to_store(Vec::new(), removals, receipt),
-            // After the router's writes (a NACK's count, a dead-lettering): once they commit.
-            Some(Reply::Done) | Some(Reply::DurableRemoved(_)) if self.answer_wrote.get() => {
-                self.commit_to_store(Vec::new(), Vec::new(), receipt)
-            }
-            Some(Reply::Done) | Some(Reply::DurableRemoved(_)) | Some(Reply::Topic(_)) => {
-                self.receipt_now(receipt)
-            }
-            Some(Reply::Refused(problem)) => self.refuse(&problem, receipt),
-            None => Flow::Close,
-        }
+            receipt,
+        })
     }
 
     fn begin(&mut self, tx: String, receipt: Option<&str>) -> Flow {
@@ -386,27 +401,32 @@ impl Session {
         let Some((sends, _)) = self.transactions.remove(&tx) else {
             return self.refuse(&format!("transaction `{tx}` was not begun"), receipt);
         };
+        let Some(receipt_done) = self.store_done(receipt, !sends.is_empty()) else {
+            return Flow::Close;
+        };
+        let Some(admission) = self.admit(&sends) else {
+            return Flow::Close;
+        };
         let msg = RouterMsg::EndTransaction {
             conn: self.id,
             transaction: tx,
-            commit: true,
+            end: Ending::Commit { sends, admission },
+            receipt: receipt_done,
         };
-        match self.ask(msg) {
-            Some(Reply::Removals(removals)) => self.commit_to_store(sends, removals, receipt),
-            other => self.settle(other, receipt),
-        }
+        self.settle(msg, receipt)
     }
 
     fn abort(&mut self, tx: String, receipt: Option<&str>) -> Flow {
         if self.transactions.remove(&tx).is_none() {
             return self.refuse(&format!("transaction `{tx}` was not begun"), receipt);
         }
-        let msg = RouterMsg::EndTransaction {
-            conn: self.id,
+        let conn = self.id;
+        self.request(receipt, |receipt| RouterMsg::EndTransaction {
+            conn,
             transaction: tx,
-            commit: false,
-        };
-        self.answer(msg, receipt)
+            end: Ending::Abort,
+            receipt,
+        })
     }
 
     /// With a receipt: wait until everything sent before is committed, then RECEIPT and close.

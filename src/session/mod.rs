@@ -16,7 +16,7 @@ use crate::codec::{Decoded, Decoder, Frame, Limits, Version};
 use crate::config::Config;
 use crate::message::now_ms;
 use crate::outbox::{outbox, Outbox, StartWriter};
-use crate::router::{Answer, ConnId, Reply, RouterMsg};
+use crate::router::{Answer, ConnId, RouterMsg};
 use crate::shutdown::Shutdown;
 use crate::store::{StoreError, StoreOp};
 use crate::transport::Transport;
@@ -84,8 +84,6 @@ struct Session {
     reply_rx: Receiver<Answer>,
     store_tx: Sender<Result<(), StoreError>>,
     store_rx: Receiver<Result<(), StoreError>>,
-    /// The last answer of the router carried store writes: its RECEIPT must follow them.
-    answer_wrote: std::cell::Cell<bool>,
     /// Epoch milliseconds of the last frame read (not heart-beats), for the admin's
     /// connection list (`ConnInfo::last_frame`).
     last_frame: Arc<AtomicI64>,
@@ -117,7 +115,6 @@ pub fn serve(id: ConnId, stream: Transport, accepted: Instant, ctx: Context) {
         reply_rx,
         store_tx,
         store_rx,
-        answer_wrote: std::cell::Cell::new(false),
         last_frame: Arc::new(AtomicI64::new(now_ms())),
     };
     session.read_loop();
@@ -294,9 +291,8 @@ impl Session {
         Flow::Continue
     }
 
-    /// Ask the router and wait for its answer; the store writes it caused go to the store
-    /// first (see `router::Answer`). None when the broker is stopping.
-    fn ask(&self, msg: RouterMsg) -> Option<Reply> {
+    /// Ask the router and wait for its answer. None when the broker is stopping.
+    fn ask(&self, msg: RouterMsg) -> Option<Answer> {
         self.ctx.router.send(msg).ok()?;
         let answer = loop {
             match self.reply_rx.recv_timeout(TICK) {
@@ -305,13 +301,7 @@ impl Session {
                 Err(_) => {}
             }
         };
-        self.answer_wrote.set(!answer.writes.is_empty());
-        for op in answer.writes {
-            if !self.to_store(op) {
-                return None;
-            }
-        }
-        Some(answer.reply)
+        Some(answer)
     }
 
     /// Hand an operation to the store writer; blocks while it is busy (producer flow control).
