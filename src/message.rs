@@ -119,6 +119,21 @@ impl Message {
         format_message_id(self.id)
     }
 
+    /// Its copy in dead-letter queue `dlq`, remembering where it was sent first (the same id:
+    /// a stored one gets its new id from the store).
+    pub fn dead_lettered(&self, dlq: &str) -> Message {
+        let original = self
+            .original_destination
+            .clone()
+            .unwrap_or_else(|| self.destination.to_string());
+        Message {
+            destination: Arc::from(dlq),
+            kind: Kind::Queue,
+            original_destination: Some(original),
+            ..self.clone()
+        }
+    }
+
     pub fn is_expired(&self, now_ms: i64) -> bool {
         self.expires > 0 && self.expires <= now_ms
     }
@@ -248,6 +263,37 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_lettered_copy_remembers_where_the_message_was_first_sent() {
+        let message = Message {
+            id: 9,
+            destination: Arc::from("/topic/t"),
+            kind: Kind::Topic,
+            persistent: true,
+            priority: 7,
+            expires: 0,
+            timestamp: 1,
+            original_destination: None,
+            headers: vec![("k".to_string(), "v".to_string())],
+            body: b"b".to_vec(),
+        };
+        let copy = message.dead_lettered("/queue/DLQ.t");
+        assert_eq!(&*copy.destination, "/queue/DLQ.t");
+        assert_eq!(copy.kind, Kind::Queue);
+        assert_eq!(copy.original_destination.as_deref(), Some("/topic/t"));
+        assert_eq!(
+            (copy.id, copy.priority, &copy.headers, &copy.body),
+            (9, 7, &message.headers, &message.body)
+        );
+        let again = Message {
+            destination: Arc::from("/queue/other"),
+            kind: Kind::Queue,
+            ..copy
+        }
+        .dead_lettered("/queue/DLQ.other");
+        assert_eq!(again.original_destination.as_deref(), Some("/topic/t"));
+    }
 
     #[test]
     fn destinations() {

@@ -262,18 +262,7 @@ impl Router {
                 message,
                 dlq,
             }),
-            None => {
-                let mut moved = (*message).clone();
-                moved.original_destination = Some(
-                    moved
-                        .original_destination
-                        .take()
-                        .unwrap_or_else(|| moved.destination.to_string()),
-                );
-                moved.destination = Arc::from(dlq);
-                moved.kind = Kind::Queue;
-                self.route(vec![Arc::new(moved)]);
-            }
+            None => self.route(vec![Arc::new(message.dead_lettered(&dlq))]),
         }
     }
 

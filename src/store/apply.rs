@@ -344,16 +344,10 @@ impl Apply<'_, '_, '_> {
         if self.tx.affected_rows() == 0 {
             return Ok(None);
         }
-        let mut moved = message.clone();
-        moved.id = id;
-        moved.original_destination = Some(
-            message
-                .original_destination
-                .clone()
-                .unwrap_or_else(|| message.destination.to_string()),
-        );
-        moved.destination = Arc::from(dlq);
-        moved.kind = Kind::Queue;
+        let moved = Message {
+            id,
+            ..message.dead_lettered(dlq)
+        };
         self.remove(target, out)?;
         Ok(Some(moved))
     }
