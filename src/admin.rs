@@ -8,6 +8,7 @@
 
 use crate::auth::password::{self, PasswordHash};
 use crate::config::Config;
+use crate::status::query_value;
 use base64::Engine;
 use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
@@ -57,23 +58,36 @@ pub fn run(config: &Config, args: &[String]) -> Result<String, String> {
         (["queues"], false) => ("GET", "/admin/queues".to_string()),
         (["browse", d], _) => (
             "GET",
-            format!("/admin/browse?destination={}{format}", encode(d)),
+            format!("/admin/browse?destination={}{format}", query_value(d)),
         ),
         (["connections"], _) => ("GET", format!("/admin/connections?{format}")),
         (["durables"], _) => ("GET", format!("/admin/durables?{format}")),
-        (["purge", d], false) => ("POST", format!("/admin/purge?destination={}", encode(d))),
-        (["delete", d], false) => ("POST", format!("/admin/delete?destination={}", encode(d))),
-        (["retry", d], false) => ("POST", format!("/admin/retry?destination={}", encode(d))),
+        (["purge", d], false) => (
+            "POST",
+            format!("/admin/purge?destination={}", query_value(d)),
+        ),
+        (["delete", d], false) => (
+            "POST",
+            format!("/admin/delete?destination={}", query_value(d)),
+        ),
+        (["retry", d], false) => (
+            "POST",
+            format!("/admin/retry?destination={}", query_value(d)),
+        ),
         (["move", from, to], false) => (
             "POST",
-            format!("/admin/move?from={}&to={}", encode(from), encode(to)),
+            format!(
+                "/admin/move?from={}&to={}",
+                query_value(from),
+                query_value(to)
+            ),
         ),
         (["remove-durable", client_id, name], false) => (
             "POST",
             format!(
                 "/admin/remove-durable?client-id={}&name={}",
-                encode(client_id),
-                encode(name)
+                query_value(client_id),
+                query_value(name)
             ),
         ),
         _ => return Err(format!("usage: hamq {USAGE}")),
@@ -270,19 +284,6 @@ fn parse_url(url: &str) -> Result<Target, String> {
         host: host.to_string(),
         tls,
     })
-}
-
-/// Percent-encode a destination for the query string.
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

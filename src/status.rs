@@ -32,6 +32,16 @@ use std::time::{Duration, Instant};
 /// How long an answer from the router may take.
 const ROUTER_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A span of milliseconds as the admin tables and the console show it: `3.2 s`.
+fn seconds(ms: i64) -> String {
+    format!("{:.1} s", ms.max(0) as f64 / 1000.0)
+}
+
+/// A query-string value, percent-encoded (the console's links, the admin command's requests).
+pub(crate) fn query_value(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
 /// What the status thread reads.
 pub struct Shared {
     pub name: String,

@@ -9,7 +9,7 @@
 //! connection's subscriptions, so it needs `admin` on all of `/queue/>` and `/topic/>`.
 
 use super::http::{Request, Response};
-use super::{ask, not_master, permitted, Shared};
+use super::{ask, not_master, permitted, seconds, Shared};
 use crate::auth::permit::Operation;
 use crate::election::RoleInfo;
 use crate::message::{now_ms, parse_destination, Kind};
@@ -216,11 +216,6 @@ fn unexpected() -> Response {
 
 fn json_response(doc: &serde_json::Value) -> Response {
     Response::new(200, "application/json", format!("{doc}\n"))
-}
-
-/// Milliseconds as seconds with one decimal.
-fn seconds(ms: i64) -> String {
-    format!("{:.1} s", ms.max(0) as f64 / 1000.0)
 }
 
 /// A body's first bytes as one line of text (escaped), and what was left out.

@@ -7,7 +7,7 @@
 
 use super::http::Response;
 use super::render::{election_name, role_name};
-use super::{ask, stats, Shared};
+use super::{ask, query_value, seconds, stats, Shared};
 use crate::auth::permit::Operation;
 use crate::election::RoleInfo;
 use crate::message::now_ms;
@@ -28,10 +28,6 @@ fn esc(text: &str) -> String {
         }
     }
     out
-}
-
-fn seconds(ms: i64) -> String {
-    format!("{:.1} s", ms.max(0) as f64 / 1000.0)
 }
 
 /// The console page for `user`.
@@ -116,7 +112,7 @@ fn destinations(out: &mut String, shared: &Shared, user: Option<&str>) {
                 let _ = write!(
                     actions,
                     "<a href=\"/admin/browse?destination={}\">browse</a> ",
-                    esc(&encode(&d.name))
+                    esc(&query_value(&d.name))
                 );
             }
             if shared.auth.allows(user, Operation::Admin, &d.name) {
@@ -249,11 +245,6 @@ fn durables(out: &mut String, shared: &Shared, user: Option<&str>) {
         out.push_str("<tr><td colspan=6>none</td></tr>");
     }
     out.push_str("</table></section>");
-}
-
-/// Percent-encode a query value.
-fn encode(value: &str) -> String {
-    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 const STYLE: &str = "\
