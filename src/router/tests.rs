@@ -114,6 +114,21 @@ impl Bench {
             .expect("the writer's channel has room");
     }
 
+    /// The next op on the writer's channel, which must be a commit: (its SENDs' ids, its
+    /// removals, its `Done`).
+    fn commit(&self, what: &str) -> (Vec<u64>, Vec<Target>, Option<Done>) {
+        let Ok(StoreOp::Commit {
+            sends,
+            removals,
+            done,
+            ..
+        }) = self.store.try_recv()
+        else {
+            panic!("expected {what}");
+        };
+        (sends.iter().map(|m| m.id).collect(), removals, done)
+    }
+
     fn free_writer(&self) {
         assert!(matches!(self.store.try_recv(), Ok(StoreOp::Purge { .. })));
     }
@@ -169,17 +184,10 @@ fn an_ack_s_receipt_rides_behind_its_removal_and_its_answer_waits_for_the_hand_o
     let answer = bench.answer();
     assert_eq!(answer.reply, Reply::Done);
     assert!(answer.receipt.is_none(), "the receipt went to the store");
-    let Ok(StoreOp::Commit {
-        sends,
-        removals,
-        done: Some(done),
-        ..
-    }) = bench.store.try_recv()
-    else {
-        panic!("expected the ACK's commit carrying its receipt");
-    };
+    let (sends, removals, done) = bench.commit("the ACK's commit");
     assert!(sends.is_empty());
     assert_eq!(removals, [Target::Message(5)]);
+    let done = done.expect("the commit carries the receipt");
     assert!(matches!(ran.try_recv(), Err(TryRecvError::Empty)));
     done(Ok(()));
     assert!(matches!(ran.try_recv(), Ok(Ok(()))));
@@ -220,22 +228,12 @@ fn a_nack_s_count_is_written_before_its_receipt_and_a_later_ack_after_both() {
     assert!(matches!(bench.replies.try_recv(), Err(TryRecvError::Empty)));
     bench.router.flush_backlog();
     assert_eq!(bench.answer().reply, Reply::Done);
-    let Ok(StoreOp::Commit {
-        sends,
-        removals,
-        done: Some(_),
-        ..
-    }) = bench.store.try_recv()
-    else {
-        panic!("expected an empty commit carrying the NACK's receipt");
-    };
-    assert!(sends.is_empty() && removals.is_empty());
+    let (sends, removals, done) = bench.commit("an empty commit carrying the NACK's receipt");
+    assert!(sends.is_empty() && removals.is_empty() && done.is_some());
     // Redelivered to the same subscription; acknowledged this time.
     bench.router.handle(ack(5, false, None, None));
     assert_eq!(bench.answer().reply, Reply::Done);
-    let Ok(StoreOp::Commit { removals, done, .. }) = bench.store.try_recv() else {
-        panic!("expected the ACK's removal");
-    };
+    let (_, removals, done) = bench.commit("the ACK's removal");
     assert_eq!(removals, [Target::Message(5)]);
     assert!(done.is_none());
 }
@@ -264,17 +262,10 @@ fn a_transaction_s_sends_and_held_acks_reach_the_store_as_one_commit() {
         receipt: Some(done),
     });
     assert_eq!(bench.answer().reply, Reply::Done);
-    let Ok(StoreOp::Commit {
-        sends,
-        removals,
-        done: Some(_),
-        ..
-    }) = bench.store.try_recv()
-    else {
-        panic!("expected one commit with the receipt");
-    };
-    assert_eq!(sends.iter().map(|m| m.id).collect::<Vec<_>>(), [7]);
+    let (sends, removals, done) = bench.commit("one commit with the receipt");
+    assert_eq!(sends, [7]);
     assert_eq!(removals, [Target::Message(5), Target::Message(6)]);
+    assert!(done.is_some());
 }
 
 #[test]
