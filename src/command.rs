@@ -3,7 +3,8 @@
 //! Pure functions over `codec::Frame`, called by the session reader; no I/O, no state.
 
 use crate::codec::{Frame, Version};
-use crate::message::{check_name, parse_destination, Kind, BROKER_HEADERS, MAX_NAME};
+use crate::message::{check_name, parse_destination, Kind, NameError, BROKER_HEADERS, MAX_NAME};
+use std::fmt;
 
 /// SUBSCRIBE's `ack` header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,11 +95,86 @@ pub struct Subscribe {
     pub durable_name: Option<String>,
 }
 
+/// Why a frame is not a command the broker takes; its text is the ERROR frame's `message`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// A command STOMP does not have.
+    UnknownCommand(String),
+    /// `command` lacks a header it needs.
+    MissingHeader {
+        command: String,
+        header: &'static str,
+    },
+    /// `header` has a `value` the broker does not take; `expected` says what it takes.
+    BadHeader {
+        header: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    /// CONNECT offers only versions this broker does not speak.
+    NoCommonVersion { offered: String },
+    /// A destination, client-id or subscription name the store cannot keep.
+    Name(NameError),
+    /// A durable subscription to something that is not a topic.
+    DurableNeedsTopic,
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolError::UnknownCommand(command) => write!(f, "unknown command `{command}`"),
+            ProtocolError::MissingHeader { command, header } => {
+                let article = match header.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                    true => "an",
+                    false => "a",
+                };
+                write!(f, "{command} needs {article} `{header}` header")
+            }
+            ProtocolError::BadHeader {
+                header,
+                value,
+                expected,
+            } => write!(f, "{header} `{value}` {expected}"),
+            ProtocolError::NoCommonVersion { offered } => write!(
+                f,
+                "no common protocol version: client offers `{offered}`, hamq speaks 1.0,1.1,1.2"
+            ),
+            ProtocolError::Name(e) => e.fmt(f),
+            ProtocolError::DurableNeedsTopic => {
+                f.write_str("activemq.subscriptionName (a durable subscription) needs a /topic/")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+impl From<NameError> for ProtocolError {
+    fn from(e: NameError) -> ProtocolError {
+        ProtocolError::Name(e)
+    }
+}
+
+fn missing(frame: &Frame, header: &'static str) -> ProtocolError {
+    ProtocolError::MissingHeader {
+        command: frame.command.clone(),
+        header,
+    }
+}
+
+fn bad(header: &'static str, value: &str, expected: &'static str) -> ProtocolError {
+    ProtocolError::BadHeader {
+        header,
+        value: value.to_string(),
+        expected,
+    }
+}
+
 /// Versions this broker speaks, in preference order for negotiation (highest first).
 pub const SUPPORTED: [Version; 3] = [Version::V1_2, Version::V1_1, Version::V1_0];
 
 /// Parse `frame`, received on a connection that negotiated `version`.
-pub fn parse(frame: Frame, version: Version) -> Result<Command, String> {
+pub fn parse(frame: Frame, version: Version) -> Result<Command, ProtocolError> {
     match frame.command.as_str() {
         "CONNECT" | "STOMP" => connect(&frame).map(Command::Connect),
         "SEND" => send(frame).map(Command::Send),
@@ -117,7 +193,7 @@ pub fn parse(frame: Frame, version: Version) -> Result<Command, String> {
                 .map(|id| SubscriptionRef::Id(id.to_string()))
                 .or(by_destination);
             if sub.is_none() && durable_name.is_none() {
-                return Err("UNSUBSCRIBE needs an `id` header".to_string());
+                return Err(missing(&frame, "id"));
             }
             Ok(Command::Unsubscribe { sub, durable_name })
         }
@@ -130,11 +206,11 @@ pub fn parse(frame: Frame, version: Version) -> Result<Command, String> {
         "COMMIT" => transaction(&frame).map(Command::Commit),
         "ABORT" => transaction(&frame).map(Command::Abort),
         "DISCONNECT" => Ok(Command::Disconnect),
-        other => Err(format!("unknown command `{other}`")),
+        other => Err(ProtocolError::UnknownCommand(other.to_string())),
     }
 }
 
-fn connect(frame: &Frame) -> Result<Connect, String> {
+fn connect(frame: &Frame) -> Result<Connect, ProtocolError> {
     let offered: Vec<&str> = match frame.header("accept-version") {
         Some(list) => list.split(',').map(str::trim).collect(),
         None => vec!["1.0"],
@@ -142,11 +218,8 @@ fn connect(frame: &Frame) -> Result<Connect, String> {
     let version = SUPPORTED
         .into_iter()
         .find(|v| offered.contains(&v.as_str()))
-        .ok_or_else(|| {
-            format!(
-                "no common protocol version: client offers `{}`, hamq speaks 1.0,1.1,1.2",
-                offered.join(",")
-            )
+        .ok_or_else(|| ProtocolError::NoCommonVersion {
+            offered: offered.join(","),
         })?;
     if let Some(client_id) = frame.header("client-id") {
         check_name("client-id", client_id, MAX_NAME)?;
@@ -164,28 +237,28 @@ fn connect(frame: &Frame) -> Result<Connect, String> {
     })
 }
 
-fn parse_heart_beat(value: &str) -> Result<(u64, u64), String> {
-    let bad = || format!("heart-beat `{value}` is not two numbers like 10000,10000");
+fn parse_heart_beat(value: &str) -> Result<(u64, u64), ProtocolError> {
+    let bad = || bad("heart-beat", value, "is not two numbers like 10000,10000");
     let (cx, cy) = value.split_once(',').ok_or_else(bad)?;
     let cx = cx.trim().parse().map_err(|_| bad())?;
     let cy = cy.trim().parse().map_err(|_| bad())?;
     Ok((cx, cy))
 }
 
-fn destination(frame: &Frame) -> Result<(String, Kind), String> {
+fn destination(frame: &Frame) -> Result<(String, Kind), ProtocolError> {
     let value = frame
         .header("destination")
-        .ok_or_else(|| format!("{} needs a `destination` header", frame.command))?;
+        .ok_or_else(|| missing(frame, "destination"))?;
     Ok((value.to_string(), parse_destination(value)?))
 }
 
-fn send(frame: Frame) -> Result<Send, String> {
+fn send(frame: Frame) -> Result<Send, ProtocolError> {
     let (destination, kind) = destination(&frame)?;
     let persistent = match frame.header("persistent") {
         None => None,
         Some("true") => Some(true),
         Some("false") => Some(false),
-        Some(other) => return Err(format!("persistent `{other}` is not true or false")),
+        Some(other) => return Err(bad("persistent", other, "is not true or false")),
     };
     let priority = match frame.header("priority") {
         None => 4,
@@ -193,7 +266,7 @@ fn send(frame: Frame) -> Result<Send, String> {
             .parse::<u8>()
             .ok()
             .filter(|p| *p <= 9)
-            .ok_or_else(|| format!("priority `{p}` is not a number from 0 to 9"))?,
+            .ok_or_else(|| bad("priority", p, "is not a number from 0 to 9"))?,
     };
     let expires = match frame.header("expires") {
         None => 0,
@@ -201,7 +274,7 @@ fn send(frame: Frame) -> Result<Send, String> {
             .parse::<i64>()
             .ok()
             .filter(|e| *e >= 0)
-            .ok_or_else(|| format!("expires `{e}` is not a time in epoch milliseconds"))?,
+            .ok_or_else(|| bad("expires", e, "is not a time in epoch milliseconds"))?,
     };
     let mut headers: Vec<(String, String)> = Vec::new();
     for (name, value) in &frame.headers {
@@ -222,20 +295,22 @@ fn send(frame: Frame) -> Result<Send, String> {
     })
 }
 
-fn subscribe(frame: &Frame, version: Version) -> Result<Subscribe, String> {
+fn subscribe(frame: &Frame, version: Version) -> Result<Subscribe, ProtocolError> {
     let (destination, kind) = destination(frame)?;
     let id = match (frame.header("id"), version) {
         (Some(id), _) => id.to_string(),
         (None, Version::V1_0) => destination.clone(),
-        (None, _) => return Err("SUBSCRIBE needs an `id` header".to_string()),
+        (None, _) => return Err(missing(frame, "id")),
     };
     let ack = match frame.header("ack").unwrap_or("auto") {
         "auto" => AckMode::Auto,
         "client" => AckMode::Client,
         "client-individual" => AckMode::ClientIndividual,
         other => {
-            return Err(format!(
-                "ack `{other}` is not auto, client or client-individual"
+            return Err(bad(
+                "ack",
+                other,
+                "is not auto, client or client-individual",
             ))
         }
     };
@@ -245,7 +320,7 @@ fn subscribe(frame: &Frame, version: Version) -> Result<Subscribe, String> {
             p.parse::<usize>()
                 .ok()
                 .filter(|p| *p > 0)
-                .ok_or_else(|| format!("activemq.prefetchSize `{p}` is not a positive number"))?,
+                .ok_or_else(|| bad("activemq.prefetchSize", p, "is not a positive number"))?,
         ),
     };
     let durable_name = frame
@@ -255,9 +330,7 @@ fn subscribe(frame: &Frame, version: Version) -> Result<Subscribe, String> {
         check_name("activemq.subscriptionName", name, MAX_NAME)?;
     }
     if durable_name.is_some() && kind != Kind::Topic {
-        return Err(
-            "activemq.subscriptionName (a durable subscription) needs a /topic/".to_string(),
-        );
+        return Err(ProtocolError::DurableNeedsTopic);
     }
     Ok(Subscribe {
         id,
@@ -269,7 +342,7 @@ fn subscribe(frame: &Frame, version: Version) -> Result<Subscribe, String> {
     })
 }
 
-fn ack_ref(frame: &Frame, version: Version) -> Result<AckRef, String> {
+fn ack_ref(frame: &Frame, version: Version) -> Result<AckRef, ProtocolError> {
     if let Some(id) = frame.header("id").filter(|_| version == Version::V1_2) {
         return Ok(AckRef::Id(id.to_string()));
     }
@@ -280,18 +353,16 @@ fn ack_ref(frame: &Frame, version: Version) -> Result<AckRef, String> {
             subscription: subscription.to_string(),
         }),
         (Some(message_id), None) => Ok(AckRef::Message(message_id)),
-        (None, _) if version == Version::V1_2 => {
-            Err(format!("{} needs an `id` header", frame.command))
-        }
-        (None, _) => Err(format!("{} needs a `message-id` header", frame.command)),
+        (None, _) if version == Version::V1_2 => Err(missing(frame, "id")),
+        (None, _) => Err(missing(frame, "message-id")),
     }
 }
 
-fn transaction(frame: &Frame) -> Result<String, String> {
+fn transaction(frame: &Frame) -> Result<String, ProtocolError> {
     frame
         .header("transaction")
         .map(str::to_string)
-        .ok_or_else(|| format!("{} needs a `transaction` header", frame.command))
+        .ok_or_else(|| missing(frame, "transaction"))
 }
 
 #[cfg(test)]
@@ -313,10 +384,10 @@ mod tests {
             };
             parse(f, Version::V1_0)
         };
-        let version = |r: Result<Command, String>| match r {
+        let version = |r: Result<Command, ProtocolError>| match r {
             Ok(Command::Connect(c)) => Ok(c.version),
             Ok(other) => Err(format!("{other:?}")),
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         };
         assert_eq!(version(c(Some("1.0,1.1,1.2"))), Ok(Version::V1_2));
         assert_eq!(version(c(Some("1.1"))), Ok(Version::V1_1));
@@ -343,10 +414,18 @@ mod tests {
         assert_eq!(s.headers, vec![("x".to_string(), "1".to_string())]);
         for (name, value) in [("priority", "10"), ("expires", "-1"), ("persistent", "y")] {
             let f = frame("SEND", &[("destination", "/queue/a"), (name, value)]);
-            assert!(parse(f, Version::V1_2).unwrap_err().contains(value));
+            let problem = parse(f, Version::V1_2).unwrap_err();
+            assert!(
+                matches!(&problem, ProtocolError::BadHeader { header, .. } if *header == name),
+                "{problem:?}"
+            );
+            assert!(problem.to_string().contains(value));
         }
         let f = frame("SEND", &[("destination", "/exchange/a")]);
-        assert!(parse(f, Version::V1_2).unwrap_err().contains("/queue/NAME"));
+        assert!(parse(f, Version::V1_2)
+            .unwrap_err()
+            .to_string()
+            .contains("/queue/NAME"));
     }
 
     #[test]
@@ -376,7 +455,18 @@ mod tests {
                 ..
             })
         ));
-        assert!(parse(frame("ACK", &[]), Version::V1_2).is_err());
+        assert_eq!(
+            parse(frame("ACK", &[]), Version::V1_2)
+                .unwrap_err()
+                .to_string(),
+            "ACK needs an `id` header"
+        );
+        assert_eq!(
+            parse(frame("NACK", &[]), Version::V1_1)
+                .unwrap_err()
+                .to_string(),
+            "NACK needs a `message-id` header"
+        );
     }
 
     #[test]
@@ -396,9 +486,13 @@ mod tests {
                 ("ack", "sometimes"),
             ],
         );
-        assert!(parse(f, Version::V1_2).unwrap_err().contains("sometimes"));
-        assert!(parse(frame("FOO", &[]), Version::V1_2)
+        assert!(parse(f, Version::V1_2)
             .unwrap_err()
-            .contains("FOO"));
+            .to_string()
+            .contains("sometimes"));
+        assert_eq!(
+            parse(frame("FOO", &[]), Version::V1_2),
+            Err(ProtocolError::UnknownCommand("FOO".to_string()))
+        );
     }
 }

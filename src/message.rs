@@ -18,23 +18,58 @@ pub const MAX_DESTINATION: usize = 251;
 /// Longest client-id or durable subscription name, in characters (the store's column).
 pub const MAX_NAME: usize = 255;
 
+/// Why a destination, client-id or durable subscription name cannot be taken; its text is what
+/// the client reads in the ERROR frame (or the operator in the admin answer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NameError {
+    /// `what` holds a control character.
+    Control { what: &'static str, char: char },
+    /// `what` is `length` characters long, over `max`.
+    TooLong {
+        what: &'static str,
+        length: usize,
+        max: usize,
+    },
+    /// A destination that is neither `/queue/NAME` nor `/topic/NAME`.
+    Unsupported(String),
+    /// `/queue/` or `/topic/` with nothing after it.
+    EmptyName(String),
+}
+
+impl std::fmt::Display for NameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NameError::Control { what, char } => write!(
+                f,
+                "{what} contains the control character U+{:04X}, which names may not hold",
+                u32::from(*char)
+            ),
+            NameError::TooLong { what, length, max } => {
+                write!(f, "{what} is {length} characters long, the limit is {max}")
+            }
+            NameError::Unsupported(value) => write!(
+                f,
+                "destination `{value}` is not supported: use /queue/NAME or /topic/NAME"
+            ),
+            NameError::EmptyName(value) => write!(f, "destination `{value}` has an empty name"),
+        }
+    }
+}
+
+impl std::error::Error for NameError {}
+
 /// Check a name the store keeps as text (a destination, client-id or durable subscription
 /// name): at most `max` characters, and no control characters (U+0000 to U+001F, U+007F to
 /// U+009F: NUL, line ends, escapes, which no destination or name needs and which would reach
 /// logs, status pages and other clients as they are). The codec already refused what is not
 /// UTF-8; every other character is one that utf8mb4 stores.
-pub fn check_name(what: &str, value: &str, max: usize) -> Result<(), String> {
-    if let Some(c) = value.chars().find(|c| c.is_control()) {
-        return Err(format!(
-            "{what} contains the control character U+{:04X}, which names may not hold",
-            u32::from(c)
-        ));
+pub fn check_name(what: &'static str, value: &str, max: usize) -> Result<(), NameError> {
+    if let Some(char) = value.chars().find(|c| c.is_control()) {
+        return Err(NameError::Control { what, char });
     }
     let length = value.chars().count();
     if length > max {
-        return Err(format!(
-            "{what} is {length} characters long, the limit is {max}"
-        ));
+        return Err(NameError::TooLong { what, length, max });
     }
     Ok(())
 }
@@ -61,18 +96,16 @@ impl Kind {
 }
 
 /// Parse a `destination` header: `/queue/NAME` or `/topic/NAME`.
-pub fn parse_destination(value: &str) -> Result<Kind, String> {
+pub fn parse_destination(value: &str) -> Result<Kind, NameError> {
     let (kind, name) = if let Some(name) = value.strip_prefix("/queue/") {
         (Kind::Queue, name)
     } else if let Some(name) = value.strip_prefix("/topic/") {
         (Kind::Topic, name)
     } else {
-        return Err(format!(
-            "destination `{value}` is not supported: use /queue/NAME or /topic/NAME"
-        ));
+        return Err(NameError::Unsupported(value.to_string()));
     };
     if name.is_empty() {
-        return Err(format!("destination `{value}` has an empty name"));
+        return Err(NameError::EmptyName(value.to_string()));
     }
     check_name("destination", value, MAX_DESTINATION)?;
     Ok(kind)
@@ -302,6 +335,7 @@ mod tests {
         assert!(parse_destination("/queue/").is_err());
         assert!(parse_destination("/temp-queue/x")
             .unwrap_err()
+            .to_string()
             .contains("/queue/NAME"));
         assert!(parse_destination(&format!("/queue/{}", "x".repeat(300))).is_err());
         assert_eq!(dead_letter_queue("/queue/a"), "/queue/DLQ.a");
@@ -316,6 +350,14 @@ mod tests {
         let over = format!("{wide}本");
         assert_eq!(
             parse_destination(&over).unwrap_err(),
+            NameError::TooLong {
+                what: "destination",
+                length: 252,
+                max: 251
+            }
+        );
+        assert_eq!(
+            parse_destination(&over).unwrap_err().to_string(),
             "destination is 252 characters long, the limit is 251"
         );
         for bad in [
@@ -324,7 +366,7 @@ mod tests {
             "/queue/\u{85}x",
             "/topic/t\r",
         ] {
-            let problem = parse_destination(bad).unwrap_err();
+            let problem = parse_destination(bad).unwrap_err().to_string();
             assert!(problem.contains("control character U+00"), "{problem}");
         }
         for good in [

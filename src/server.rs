@@ -18,7 +18,7 @@ use crate::memory;
 use crate::message::now_ms;
 use crate::router::{Limits, Router, RouterMsg, INBOX_DEPTH};
 use crate::session::{self, Context};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Failure, Shutdown};
 use crate::status;
 use crate::store::{self, Committed, Fence, StoreError};
 use crate::transport::TlsSettings;
@@ -70,8 +70,9 @@ impl Connections {
 
 type Registry = Arc<Connections>;
 
-/// Run the broker until `shutdown` is set. Err(reason) when it stopped because of a failure
-/// (lost the lock, store failure): the process then exits non-zero.
+/// Run the broker until `shutdown` is set. Err(why) when it stopped because of a failure
+/// (lost the lock, store failure, a port or thread it could not open): the process then exits
+/// non-zero.
 /// `tls`: the TLS settings of the STOMP TLS listener and the status listener (from
 /// `transport::server_config`).
 /// `auth`: the users and rules of `config` (shared so that a reload can replace them).
@@ -80,7 +81,7 @@ pub fn run(
     tls: TlsSettings,
     auth: Arc<Authenticator>,
     shutdown: Arc<Shutdown>,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let config = Arc::new(config);
     let role = Arc::new(Role::default());
     let shared = Arc::new(status::Shared {
@@ -97,8 +98,9 @@ pub fn run(
     // The status listener answers on slaves too (health 503): it is bound before the election.
     let status_thread = match config.status_listen {
         Some(addr) => Some(
-            status::spawn(addr, tls.status.clone(), shared.clone(), shutdown.clone())
-                .map_err(|e| format!("cannot listen for status on {addr}: {e}"))?,
+            status::spawn(addr, tls.status.clone(), shared.clone(), shutdown.clone()).map_err(
+                Failure::start(format!("cannot listen for status on {addr}")),
+            )?,
         ),
         None => None,
     };
@@ -111,7 +113,7 @@ pub fn run(
         return Ok(());
     }
     let election = election::spawn(config.clone(), shutdown.clone(), role)
-        .map_err(|e| format!("could not start the election thread: {e}"))?;
+        .map_err(Failure::start("could not start the election thread"))?;
     if wait_for_lock(&election, &shutdown) {
         if let Err(why) = serve(&config, tls.stomp, &shutdown, &shared) {
             shutdown.fail(why);
@@ -124,7 +126,7 @@ pub fn run(
     if let Some(thread) = status_thread {
         let _ = thread.join();
     }
-    match shutdown.failure() {
+    match shutdown.take_failure() {
         Some(why) => Err(why),
         None => Ok(()),
     }
@@ -178,9 +180,9 @@ fn serve(
     tls: Option<Arc<ServerConfig>>,
     shutdown: &Arc<Shutdown>,
     shared: &status::Shared,
-) -> Result<(), String> {
-    let mut conn = store_conn(config).map_err(|e| e.to_string())?;
-    let epoch = store::take_over(&mut conn, &config.name, now_ms()).map_err(|e| e.to_string())?;
+) -> Result<(), Failure> {
+    let mut conn = store_conn(config).map_err(store_failure)?;
+    let epoch = store::take_over(&mut conn, &config.name, now_ms()).map_err(store_failure)?;
     log::info!("acquired the lock (epoch {epoch})");
     shared.role.update(|r| {
         r.master = true;
@@ -188,10 +190,10 @@ fn serve(
         r.holder = config.name.clone();
         r.phase = Phase::Recovering;
     });
-    store::prepare(&mut conn).map_err(|e| e.to_string())?;
-    let max_packet = store::max_allowed_packet(&mut conn).map_err(|e| e.to_string())?;
+    store::prepare(&mut conn).map_err(store_failure)?;
+    let max_packet = store::max_allowed_packet(&mut conn).map_err(store_failure)?;
     let frame_limits = frame_limits(config, max_packet);
-    let recovered = store::recover(&mut conn).map_err(|e| e.to_string())?;
+    let recovered = store::recover(&mut conn).map_err(store_failure)?;
     let queued: usize = recovered
         .queues
         .values()
@@ -255,13 +257,13 @@ impl Pipeline {
         epoch: u64,
         recovered: store::Recovered,
         shared: &status::Shared,
-    ) -> Result<Pipeline, String> {
+    ) -> Result<Pipeline, Failure> {
         let (router, router_rx) = crossbeam_channel::bounded(INBOX_DEPTH);
         let forward_tx = router.clone();
         let forward =
             Box::new(move |c: Committed| forward_tx.send(RouterMsg::Committed(c)).is_ok());
         let fail = shutdown.clone();
-        let on_failure = Box::new(move |e: StoreError| fail.fail(failure_reason(e)));
+        let on_failure = Box::new(move |e: StoreError| fail.fail(store_failure(e)));
         // On a cluster (the lease) only a write is certified: every transaction writes the
         // epoch row. One server enforces the locking read of the row lock's fence.
         let certified = shared.role.get().election == Some(store::topology::Election::Lease);
@@ -279,13 +281,13 @@ impl Pipeline {
             forward,
             on_failure,
         )
-        .map_err(|e| format!("could not start the store writer: {e}"))?;
+        .map_err(Failure::start("could not start the store writer"))?;
         let pager_config = config.clone();
         let connector: store::Connector = Box::new(move || store_conn(&pager_config));
         let pager_tx = router.clone();
         let page_forward = Box::new(move |p| pager_tx.send(RouterMsg::PagedIn(p)).is_ok());
         let (pages, pager_thread) = store::spawn_pager(connector, config.keepalive(), page_forward)
-            .map_err(|e| format!("could not start the pager: {e}"))?;
+            .map_err(Failure::start("could not start the pager"))?;
         let limits = Limits {
             max_redeliveries: config.max_redeliveries,
             memory_limit: config.memory_limit,
@@ -296,9 +298,9 @@ impl Pipeline {
         let flow = shared.flow.clone();
         let router_thread = Router::new(writer.ops.clone(), pages, limits, flow, recovered)
             .spawn(router_rx)
-            .map_err(|e| format!("could not start the router: {e}"))?;
+            .map_err(Failure::start("could not start the router"))?;
         let trimmer = memory::spawn_trimmer()
-            .map_err(|e| format!("could not start the memory trimmer: {e}"))?;
+            .map_err(Failure::start("could not start the memory trimmer"))?;
         Ok(Pipeline {
             router,
             router_thread,
@@ -342,12 +344,12 @@ fn frame_limits(config: &Config, max_packet: usize) -> codec::Limits {
 
 /// Why the broker stops after a store failure. A broken connection or a moved epoch means
 /// the lock may be someone else's now.
-fn failure_reason(e: StoreError) -> String {
+fn store_failure(e: StoreError) -> Failure {
     match e {
         StoreError::Unreachable(_) | StoreError::Unconfirmed(_) | StoreError::Deposed { .. } => {
-            format!("lost the lock: {e}")
+            Failure::LostLock(Box::new(e))
         }
-        _ => format!("store failure: {e}"),
+        _ => Failure::Store(Box::new(e)),
     }
 }
 
@@ -381,13 +383,13 @@ struct Listener {
 fn bind_listeners(
     config: &Config,
     tls: Option<Arc<ServerConfig>>,
-) -> Result<Vec<Listener>, String> {
+) -> Result<Vec<Listener>, Failure> {
     let mut listeners = Vec::new();
     let wanted = [(config.stomp_listen, None), (config.stomp_tls_listen, tls)];
     for (addr, tls) in wanted {
         let Some(addr) = addr else { continue };
         let socket =
-            TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            TcpListener::bind(addr).map_err(Failure::start(format!("cannot listen on {addr}")))?;
         listeners.push(Listener { socket, tls });
     }
     Ok(listeners)
@@ -408,7 +410,7 @@ fn serve_listeners(mut listeners: Vec<Listener>, ctx: Context) {
                 Ok(thread) => accept_threads.push(thread),
                 Err(e) => ctx
                     .shutdown
-                    .fail(format!("could not start an accept thread: {e}")),
+                    .fail(Failure::start("could not start an accept thread")(e)),
             }
         }
         accept_loop(last, &ctx, &registry);
@@ -418,7 +420,7 @@ fn serve_listeners(mut listeners: Vec<Listener>, ctx: Context) {
     }
     let why = ctx
         .shutdown
-        .failure()
+        .reason()
         .unwrap_or_else(|| "asked to stop".to_string());
     log::info!("shutting down ({why}): listeners closed, closing connections");
     for stream in registry.lock().values() {
@@ -439,7 +441,9 @@ fn accept_loop(listener: Listener, ctx: &Context, registry: &Registry) {
             log::info!("listening for {what} on {addr}");
             ctx.shutdown.add_wake(crate::shutdown::wake_address(addr));
         }
-        Err(e) => ctx.shutdown.fail(format!("listener has no address: {e}")),
+        Err(e) => ctx
+            .shutdown
+            .fail(Failure::start("listener has no address")(e)),
     }
     for stream in listener.socket.incoming() {
         if ctx.shutdown.is_stopping() {

@@ -1,16 +1,64 @@
 //! The stop signal handed to every loop: set once (SIGTERM/SIGINT, or a fatal store failure),
 //! seen by the accept loop (woken by a connection to itself) and by every thread's bounded waits.
 
+use std::error::Error;
+use std::fmt;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// Why the broker stops on its own; the process then exits non-zero. The cause is typed (a
+/// supervisor's log reader, a test, `main` can tell a lost lock from a port that is taken);
+/// the source is the layer's own error (`StoreError`, the election's `LockLost`, an I/O error),
+/// boxed because those live above this module.
+#[derive(Debug)]
+pub enum Failure {
+    /// The master lock may be someone else's now: a keep-alive failed or stalled, the store
+    /// connection broke, or another master's epoch was found.
+    LostLock(Box<dyn Error + Send + Sync>),
+    /// The store failed in a way that is not the lock's (a statement the database refused).
+    Store(Box<dyn Error + Send + Sync>),
+    /// Something the broker needs could not be started: `what` names it (a listener and its
+    /// address, a thread).
+    Start {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::LostLock(e) => write!(f, "lost the lock: {e}"),
+            Failure::Store(e) => write!(f, "store failure: {e}"),
+            Failure::Start { what, source } => write!(f, "{what}: {source}"),
+        }
+    }
+}
+
+impl Error for Failure {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            Failure::LostLock(e) | Failure::Store(e) => Some(e.as_ref()),
+            Failure::Start { source, .. } => Some(source),
+        }
+    }
+}
+
+impl Failure {
+    /// `what` could not be started (a thread, a listener): `source` says why.
+    pub fn start(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Failure {
+        let what = what.into();
+        move |source| Failure::Start { what, source }
+    }
+}
+
 #[derive(Default)]
 pub struct Shutdown {
     stopping: AtomicBool,
     /// Why the broker stops on its own; the process then exits non-zero.
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<Failure>>,
     /// The listeners to connect to so that a blocked `accept` returns.
     wake: Mutex<Vec<SocketAddr>>,
 }
@@ -32,7 +80,7 @@ impl Shutdown {
     }
 
     /// Stop because something broke; the first reason is logged and the exit code is 1.
-    pub fn fail(&self, why: String) {
+    pub fn fail(&self, why: Failure) {
         if let Ok(mut failure) = self.failure.lock() {
             if failure.is_none() {
                 log::error!("{why}");
@@ -51,8 +99,15 @@ impl Shutdown {
         }
     }
 
-    pub fn failure(&self) -> Option<String> {
-        self.failure.lock().ok().and_then(|f| f.clone())
+    /// The first failure's text, for the log.
+    pub fn reason(&self) -> Option<String> {
+        let failure = self.failure.lock().ok()?;
+        failure.as_ref().map(Failure::to_string)
+    }
+
+    /// The first failure, once the broker has stopped.
+    pub fn take_failure(&self) -> Option<Failure> {
+        self.failure.lock().ok().and_then(|mut f| f.take())
     }
 
     /// Called once a listener is bound; a stop that came earlier is passed on at once.

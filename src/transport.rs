@@ -25,9 +25,10 @@ use crate::shutdown::Shutdown;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
+use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown as Both, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,132 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(200);
 /// Ciphertext read from the socket at once.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Why the TLS settings cannot be built; each names the config key and the file.
+#[derive(Debug)]
+pub enum TlsError {
+    /// A listener with TLS lacks one of the keys it needs (which ones go together).
+    Incomplete(&'static str),
+    /// The file cannot be read.
+    Read {
+        key: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// The file holds no PEM item of the kind wanted (`certificate` or `private key`).
+    Missing {
+        key: &'static str,
+        path: PathBuf,
+        kind: &'static str,
+    },
+    /// The file's PEM cannot be parsed as that kind.
+    BadPem {
+        key: &'static str,
+        path: PathBuf,
+        kind: &'static str,
+        source: rustls::pki_types::pem::Error,
+    },
+    /// rustls refused the certificate with the key (they do not belong together, say).
+    Refused {
+        cert: (&'static str, PathBuf),
+        key: (&'static str, PathBuf),
+        source: Box<rustls::Error>,
+    },
+    /// rustls could not set up a server configuration at all.
+    Setup(Box<rustls::Error>),
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsError::Incomplete(why) => f.write_str(why),
+            TlsError::Read { key, path, source } => {
+                write!(f, "{key} {}: cannot read it: {source}", path.display())
+            }
+            TlsError::Missing { key, path, kind } => {
+                let marker = match *kind {
+                    "certificate" => "CERTIFICATE",
+                    _ => "PRIVATE KEY",
+                };
+                write!(
+                    f,
+                    "{key} {}: holds no PEM {kind} (-----BEGIN {marker}-----)",
+                    path.display()
+                )
+            }
+            TlsError::BadPem {
+                key,
+                path,
+                kind,
+                source,
+            } => write!(f, "{key} {}: not a PEM {kind}: {source}", path.display()),
+            TlsError::Refused { cert, key, source } => write!(
+                f,
+                "{} {} with {} {}: {source}",
+                cert.0,
+                cert.1.display(),
+                key.0,
+                key.1.display()
+            ),
+            TlsError::Setup(e) => write!(f, "TLS setup: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TlsError::Read { source, .. } => Some(source),
+            TlsError::BadPem { source, .. } => Some(source),
+            TlsError::Refused { source, .. } | TlsError::Setup(source) => Some(source.as_ref()),
+            TlsError::Incomplete(_) | TlsError::Missing { .. } => None,
+        }
+    }
+}
+
+/// Why a connection's TLS handshake did not complete; the connection is dropped.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// Not done within the CONNECT timeout.
+    Timeout(Duration),
+    /// The client closed the connection first.
+    Closed,
+    /// The broker is stopping.
+    Stopping,
+    /// rustls could not start a connection.
+    Setup(rustls::Error),
+    /// The client's TLS was refused (an alert was sent as far as it listens).
+    Tls(rustls::Error),
+    /// The socket failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeError::Timeout(timeout) => write!(
+                f,
+                "no TLS handshake within {} ms (the CONNECT timeout)",
+                timeout.as_millis()
+            ),
+            HandshakeError::Closed => f.write_str("the client closed during the TLS handshake"),
+            HandshakeError::Stopping => f.write_str("the broker is stopping"),
+            HandshakeError::Setup(e) => write!(f, "TLS setup: {e}"),
+            HandshakeError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
+            HandshakeError::Io(e) => write!(f, "TLS handshake failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for HandshakeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HandshakeError::Setup(e) | HandshakeError::Tls(e) => Some(e),
+            HandshakeError::Io(e) => Some(e),
+            HandshakeError::Timeout(_) | HandshakeError::Closed | HandshakeError::Stopping => None,
+        }
+    }
+}
 
 /// The TLS settings of both listeners that can have them, built once at start.
 #[derive(Clone, Default)]
@@ -47,71 +174,93 @@ pub struct TlsSettings {
 }
 
 /// Load the certificates and keys the configuration names; Err names the key and the file.
-pub fn server_config(config: &Config) -> Result<TlsSettings, String> {
+pub fn server_config(config: &Config) -> Result<TlsSettings, TlsError> {
     let stomp = match (&config.stomp_tls_listen, &config.tls_cert, &config.tls_key) {
         (None, _, _) => None,
         (Some(_), Some(cert), Some(key)) => Some(build(("tls_cert", cert), ("tls_key", key))?),
         (Some(_), _, _) => {
-            return Err("stomp_tls_listen is set, so tls_cert and tls_key must be too".to_string())
+            return Err(TlsError::Incomplete(
+                "stomp_tls_listen is set, so tls_cert and tls_key must be too",
+            ))
         }
     };
     let status = match (&config.status_tls_cert, &config.status_tls_key) {
         (None, None) => None,
         (Some(cert), Some(key)) => Some(build(("status_tls_cert", cert), ("status_tls_key", key))?),
-        _ => return Err("set both status_tls_cert and status_tls_key, or neither".to_string()),
+        _ => {
+            return Err(TlsError::Incomplete(
+                "set both status_tls_cert and status_tls_key, or neither",
+            ))
+        }
     };
     Ok(TlsSettings { stomp, status })
 }
 
 /// A server configuration from the certificate chain and key in these (key name, file)s.
 fn build(
-    (cert_key, cert_path): (&str, &Path),
-    (key_key, key_path): (&str, &Path),
-) -> Result<Arc<ServerConfig>, String> {
+    (cert_key, cert_path): (&'static str, &Path),
+    (key_key, key_path): (&'static str, &Path),
+) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs(cert_key, cert_path)?;
     let key = load_key(key_key, key_path)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .map_err(|e| TlsError::Setup(Box::new(e)))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| {
-            format!(
-                "{cert_key} {} with {key_key} {}: {e}",
-                cert_path.display(),
-                key_path.display()
-            )
+        .map_err(|source| TlsError::Refused {
+            cert: (cert_key, cert_path.to_path_buf()),
+            key: (key_key, key_path.to_path_buf()),
+            source: Box::new(source),
         })?;
     Ok(Arc::new(server))
 }
 
-fn read_pem(key: &str, path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{key} {}: cannot read it: {e}", path.display()))
+fn read_pem(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        key,
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
-fn load_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+fn load_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let kind = "certificate";
     let pem = read_pem(key, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{key} {}: not a PEM certificate: {e}", path.display()))?;
+        .map_err(|source| TlsError::BadPem {
+            key,
+            path: path.to_path_buf(),
+            kind,
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!(
-            "{key} {}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-            path.display()
-        ));
+        return Err(TlsError::Missing {
+            key,
+            path: path.to_path_buf(),
+            kind,
+        });
     }
     Ok(certs)
 }
 
-fn load_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+fn load_key(key: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let kind = "private key";
     let pem = read_pem(key, path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => format!(
-            "{key} {}: holds no PEM private key (-----BEGIN PRIVATE KEY-----)",
-            path.display()
-        ),
-        e => format!("{key} {}: not a PEM private key: {e}", path.display()),
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::Missing {
+            key,
+            path: path.to_path_buf(),
+            kind,
+        },
+        source => TlsError::BadPem {
+            key,
+            path: path.to_path_buf(),
+            kind,
+            source,
+        },
     })
 }
 
@@ -140,20 +289,20 @@ pub fn accept_tls(
     config: Arc<ServerConfig>,
     (accepted, timeout): (Instant, Duration),
     shutdown: &Shutdown,
-) -> Result<Transport, String> {
-    let mut conn = ServerConnection::new(config).map_err(|e| format!("TLS setup: {e}"))?;
+) -> Result<Transport, HandshakeError> {
+    let mut conn = ServerConnection::new(config).map_err(HandshakeError::Setup)?;
     let deadline = accepted + timeout;
     let failed = |e: io::Error| match e.kind() {
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => no_handshake(timeout),
-        _ => format!("TLS handshake failed: {e}"),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => HandshakeError::Timeout(timeout),
+        _ => HandshakeError::Io(e),
     };
     while conn.is_handshaking() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(no_handshake(timeout));
+            return Err(HandshakeError::Timeout(timeout));
         }
         if shutdown.is_stopping() {
-            return Err("the broker is stopping".to_string());
+            return Err(HandshakeError::Stopping);
         }
         let _ = socket.set_read_timeout(Some(left.min(TICK)));
         let _ = socket.set_write_timeout(Some(left));
@@ -162,12 +311,12 @@ pub fn accept_tls(
             continue;
         }
         match conn.read_tls(&mut &socket) {
-            Ok(0) => return Err("the client closed during the TLS handshake".to_string()),
+            Ok(0) => return Err(HandshakeError::Closed),
             Ok(_) => {
                 if let Err(e) = conn.process_new_packets() {
                     // Tell the client why (an alert), as far as it listens.
                     let _ = conn.write_tls(&mut &socket);
-                    return Err(format!("TLS handshake failed: {e}"));
+                    return Err(HandshakeError::Tls(e));
                 }
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
@@ -182,13 +331,6 @@ pub fn accept_tls(
         socket,
         Arc::new(Mutex::new(conn)),
     )))
-}
-
-fn no_handshake(timeout: Duration) -> String {
-    format!(
-        "no TLS handshake within {} ms (the CONNECT timeout)",
-        timeout.as_millis()
-    )
 }
 
 impl Transport {

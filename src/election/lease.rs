@@ -15,7 +15,7 @@
 //! renewal that fails, finds the lease taken, or stalls past half the lease stops the broker at
 //! once, well before the lease lapses for anyone else.
 
-use super::{connect, serve_as_master, Ctx, Ended, Mastership, Waiting, LOCK_WAIT};
+use super::{connect, serve_as_master, Ctx, Ended, LockLost, Mastership, Waiting, LOCK_WAIT};
 use crate::store::lease::{self, Claimant, Lease};
 use crate::store::lock::{self, Held};
 use crate::store::topology::{self, Database};
@@ -175,15 +175,15 @@ struct Leased<'a, 'c, 'm> {
 }
 
 impl Mastership for Leased<'_, '_, '_> {
-    fn prove(&mut self) -> Result<(), String> {
+    fn prove(&mut self) -> Result<(), LockLost> {
         let Some(presence) = self.presence.as_mut() else {
-            return Err("the presence lock is gone".to_string());
+            return Err(LockLost::Gone);
         };
         if let Err(e) = presence.keepalive() {
             if let Some(presence) = self.presence.take() {
                 presence.abandon();
             }
-            return Err(format!("keep-alive failed: {e}"));
+            return Err(LockLost::KeepAlive(e));
         }
         match lease::renew(self.conn, self.me, self.term) {
             Ok(true) => Ok(()),
@@ -194,7 +194,7 @@ impl Mastership for Leased<'_, '_, '_> {
                 Ok(now) if now.holder == self.me.name && now.term == self.term => Ok(()),
                 _ => Err(self.taken_by()),
             },
-            Err(e) => Err(format!("lease renewal failed: {e}")),
+            Err(e) => Err(LockLost::Renewal(e)),
         }
     }
 
@@ -218,13 +218,13 @@ impl Mastership for Leased<'_, '_, '_> {
 }
 
 impl Leased<'_, '_, '_> {
-    fn taken_by(&mut self) -> String {
+    fn taken_by(&mut self) -> LockLost {
         match lease::read(self.conn) {
-            Ok(now) => format!(
-                "the lease is held by {} (term {}) now",
-                now.holder, now.term
-            ),
-            Err(e) => format!("the lease is no longer ours ({e})"),
+            Ok(now) => LockLost::Taken {
+                holder: now.holder,
+                term: now.term,
+            },
+            Err(e) => LockLost::Unknown(e),
         }
     }
 }

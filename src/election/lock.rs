@@ -5,7 +5,7 @@
 //! time). The first try on a connection does not wait, so a slave says at once who holds it. As
 //! master it holds the transaction open and uses its connection every keepalive.
 
-use super::{serve_as_master, Ctx, Ended, Mastership, Waiting};
+use super::{serve_as_master, Ctx, Ended, LockLost, Mastership, Waiting};
 use crate::store::lock::{self, Held};
 use mysql::Conn;
 use std::time::Duration;
@@ -38,16 +38,16 @@ fn hold(ctx: &Ctx<'_>, held: Held<'_>) -> Ended {
 struct Locked<'a>(Option<Held<'a>>);
 
 impl Mastership for Locked<'_> {
-    fn prove(&mut self) -> Result<(), String> {
+    fn prove(&mut self) -> Result<(), LockLost> {
         let Some(held) = self.0.as_mut() else {
-            return Err("the lock is gone".to_string());
+            return Err(LockLost::Gone);
         };
         held.keepalive().map_err(|e| {
             // The connection broke: the server already dropped the transaction with it.
             if let Some(held) = self.0.take() {
                 held.abandon();
             }
-            format!("keep-alive failed: {e}")
+            LockLost::KeepAlive(e)
         })
     }
 

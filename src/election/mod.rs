@@ -23,11 +23,12 @@ mod lease;
 mod lock;
 
 use crate::config::{Config, ElectionChoice};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Failure, Shutdown};
 use crate::store::topology::{self, Database, Election as Kind};
 use crate::store::{self, StoreError};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use mysql::Conn;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -274,11 +275,54 @@ fn connect(config: &Config, address: Option<&str>) -> Result<Conn, StoreError> {
     )
 }
 
+/// Why a master's lock is no longer proved ours: the broker stops (`Failure::LostLock`).
+#[derive(Debug)]
+pub enum LockLost {
+    /// The lock's connection is already gone (an earlier proof broke it).
+    Gone,
+    /// The keep-alive on the lock's connection failed: the server dropped the lock with it.
+    KeepAlive(StoreError),
+    /// The lease's renewal failed.
+    Renewal(StoreError),
+    /// Another broker holds the lease now (`holder`, `term`).
+    Taken { holder: String, term: u64 },
+    /// The lease is not ours, and reading it failed too.
+    Unknown(StoreError),
+    /// A proof took longer than its bound: the lock may have lapsed meanwhile.
+    Stalled(Duration),
+}
+
+impl fmt::Display for LockLost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockLost::Gone => f.write_str("the lock's connection is gone"),
+            LockLost::KeepAlive(e) => write!(f, "keep-alive failed: {e}"),
+            LockLost::Renewal(e) => write!(f, "lease renewal failed: {e}"),
+            LockLost::Taken { holder, term } => {
+                write!(f, "the lease is held by {holder} (term {term}) now")
+            }
+            LockLost::Unknown(e) => write!(f, "the lease is no longer ours ({e})"),
+            LockLost::Stalled(took) => {
+                write!(f, "keep-alive stalled for {} ms", took.as_millis())
+            }
+        }
+    }
+}
+
+impl std::error::Error for LockLost {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LockLost::KeepAlive(e) | LockLost::Renewal(e) | LockLost::Unknown(e) => Some(e),
+            LockLost::Gone | LockLost::Taken { .. } | LockLost::Stalled(_) => None,
+        }
+    }
+}
+
 /// What a master holds: a lock it can prove and give up.
 trait Mastership {
     /// Show that the lock is still ours (bounded by the connection's read timeout); the error
     /// says why not.
-    fn prove(&mut self) -> Result<(), String>;
+    fn prove(&mut self) -> Result<(), LockLost>;
     /// Give the lock up at once (everything is written): a slave may take over now.
     fn release(self);
 
@@ -300,15 +344,15 @@ fn serve_as_master(ctx: &Ctx<'_>, mut mastership: impl Mastership) -> Ended {
             }
             Err(RecvTimeoutError::Timeout) => {
                 let started = Instant::now();
-                if let Err(why) = mastership.prove() {
-                    ctx.shutdown.fail(format!("lost the lock: {why}"));
-                    return Ended::Master;
-                }
-                let took = started.elapsed();
-                if took > mastership.stall_bound(ctx.config.lease) {
-                    let ms = took.as_millis();
-                    ctx.shutdown
-                        .fail(format!("lost the lock: keep-alive stalled for {ms} ms"));
+                let proved = mastership.prove().and_then(|()| {
+                    let took = started.elapsed();
+                    match took > mastership.stall_bound(ctx.config.lease) {
+                        true => Err(LockLost::Stalled(took)),
+                        false => Ok(()),
+                    }
+                });
+                if let Err(why) = proved {
+                    ctx.shutdown.fail(Failure::LostLock(Box::new(why)));
                     return Ended::Master;
                 }
                 ctx.role.renew();

@@ -33,7 +33,7 @@ impl Session {
         let version = self.version.unwrap_or(crate::codec::Version::V1_0);
         let command = match command::parse(frame, version) {
             Ok(command) => command,
-            Err(problem) => return self.refuse(&problem, receipt),
+            Err(problem) => return self.refuse(&problem.to_string(), receipt),
         };
         match command {
             Command::Connect(c) => self.connect(c),
