@@ -5,28 +5,19 @@
 
 mod common;
 
-use common::{free_port, hash_password, shared_mariadb, Broker, Client, TIMEOUT};
-use std::process::Command;
+use common::{free_port, hamq_command, hash_password, shared_mariadb, Broker, Client, TIMEOUT};
 use std::time::Duration;
 
 /// `hamq --url ... ARGS` as `user` (password `<user>-pw`): (exit code, stdout + stderr).
 fn hamq(port: u16, user: &str, args: &[&str]) -> (Option<i32>, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hamq"));
-    cmd.args(["--url", &format!("http://127.0.0.1:{port}")])
-        .args(args);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("HAMQ_") {
-            cmd.env_remove(key);
-        }
-    }
-    let out = cmd
-        .env("HAMQ_ADMIN_USER", user)
-        .env("HAMQ_ADMIN_PASSWORD", format!("{user}-pw"))
-        .output()
-        .expect("run hamq");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
+    let url = format!("http://127.0.0.1:{port}");
+    let password = format!("{user}-pw");
+    let env = [
+        ("HAMQ_ADMIN_USER", user),
+        ("HAMQ_ADMIN_PASSWORD", password.as_str()),
+    ];
+    let run = hamq_command(&[&["--url", url.as_str()], args].concat(), &env, "");
+    (run.code(), run.text())
 }
 
 fn ok(port: u16, args: &[&str]) -> String {

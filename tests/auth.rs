@@ -6,8 +6,9 @@
 mod common;
 
 use common::probe::http_as;
-use common::{free_port, hamq_hash, hash_password, shared_mariadb, Broker, Client, Frame, TIMEOUT};
-use std::process::Command;
+use common::{
+    free_port, hamq_command, hash_password, shared_mariadb, Broker, Client, Frame, TIMEOUT,
+};
 use std::time::{Duration, Instant};
 
 /// app may read and write orders and prices; ops may read and administer everything, write
@@ -60,20 +61,10 @@ fn assert_refused(client: &mut Client, command: &str, headers: &[(&str, &str)], 
 fn admin(port: u16, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let config = std::env::temp_dir().join(format!("hamq-auth-admin-{port}.conf"));
     std::fs::write(&config, format!("status_listen = 127.0.0.1:{port}\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hamq"))
-        .arg("--config")
-        .arg(&config)
-        .args(args)
-        .env_remove("HAMQ_STATUS_LISTEN")
-        .env_remove("HAMQ_ADMIN_USER")
-        .env_remove("HAMQ_ADMIN_PASSWORD")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
+    let config_arg = config.display().to_string();
+    let run = hamq_command(&[&["--config", &config_arg], args].concat(), env, "");
     let _ = std::fs::remove_file(&config);
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    (run.status.success(), run.text())
 }
 
 /// Bodies of the next `n` MESSAGE frames.
@@ -137,7 +128,11 @@ fn without_users_anyone_connects_whatever_the_login() {
 
 #[test]
 fn hamq_hash_prints_a_hash_that_logs_in() {
-    let (status, out, err) = hamq_hash(&[], "correct horse:battery\n");
+    let hash = |input: &str| {
+        let run = hamq_command(&["hash"], &[], input);
+        (run.status, run.stdout, run.stderr)
+    };
+    let (status, out, err) = hash("correct horse:battery\n");
     assert!(status.success(), "{err}");
     let fields: Vec<&str> = out.trim_end().split('$').collect();
     assert_eq!(out.lines().count(), 1, "{out}");
@@ -146,7 +141,7 @@ fn hamq_hash_prints_a_hash_that_logs_in() {
     assert!(fields[2..]
         .iter()
         .all(|f| f.chars().all(|c| c.is_ascii_hexdigit())));
-    let (status, _, err) = hamq_hash(&[], "");
+    let (status, _, err) = hash("");
     assert!(!status.success());
     assert_eq!(
         err.trim_end(),

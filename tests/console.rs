@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::{free_port, hash_password, shared_mariadb, Broker, Certs, Client, TIMEOUT};
+use common::{
+    free_port, hamq_command, hash_password, shared_mariadb, Broker, Certs, Client, TIMEOUT,
+};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -196,17 +198,15 @@ fn console_in_chromium_over_https_on_master_and_slave() {
         )
     );
     // The admin command over HTTPS, trusting the CA it is given.
+    let url = format!("https://127.0.0.1:{status_a}");
     let admin = |ca: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_hamq"))
-            .args(["--url", &format!("https://127.0.0.1:{status_a}"), "status"])
-            .env("HAMQ_ADMIN_USER", "ops")
-            .env("HAMQ_ADMIN_PASSWORD", "ops-pw")
-            .env("HAMQ_ADMIN_CA", ca)
-            .output()
-            .expect("run hamq");
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code(), text)
+        let env = [
+            ("HAMQ_ADMIN_USER", "ops"),
+            ("HAMQ_ADMIN_PASSWORD", "ops-pw"),
+            ("HAMQ_ADMIN_CA", ca),
+        ];
+        let run = hamq_command(&["--url", &url, "status"], &env, "");
+        (run.code(), run.text())
     };
     let (code, text) = admin(&certs.path_str("ca.pem"));
     assert_eq!(code, Some(0), "{text}");

@@ -5,7 +5,9 @@
 mod common;
 
 use common::probe::{http, http_as};
-use common::{free_port, hash_password, shared_mariadb, Broker, Client, Pair, STEP, TIMEOUT};
+use common::{
+    free_port, hamq_command, hash_password, shared_mariadb, Broker, Client, Pair, STEP, TIMEOUT,
+};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -286,17 +288,8 @@ fn metrics_in_base_units_with_build_and_process() {
 
 /// `hamq COMMAND...` with `env` only (no `--config`, no HAMQ_ variables of the test run).
 fn hamq_cli(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hamq"));
-    cmd.args(args);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("HAMQ_") {
-            cmd.env_remove(key);
-        }
-    }
-    let out = cmd.envs(env.iter().copied()).output().expect("run hamq");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
+    let run = hamq_command(args, env, "");
+    (run.code(), run.text())
 }
 
 /// `--help` and `--version` exit 0; the admin command finds its broker by `--url`, by

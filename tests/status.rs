@@ -4,23 +4,15 @@
 mod common;
 
 use common::probe::http;
-use common::{free_port, shared_mariadb, Broker, Client, TIMEOUT};
-use std::process::Command;
+use common::{free_port, hamq_command, shared_mariadb, Broker, Client, TIMEOUT};
 
 /// Run `hamq COMMAND...` against the status listener on `port`.
 fn admin(port: u16, args: &[&str]) -> (bool, String) {
     let config = std::env::temp_dir().join(format!("hamq-admin-{port}.conf"));
     std::fs::write(&config, format!("status_listen = 127.0.0.1:{port}\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hamq"))
-        .arg("--config")
-        .arg(&config)
-        .args(args)
-        .env_remove("HAMQ_STATUS_LISTEN")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    let config_arg = config.display().to_string();
+    let run = hamq_command(&[&["--config", &config_arg], args].concat(), &[], "");
+    (run.status.success(), run.text())
 }
 
 /// Every non-comment line of a Prometheus text exposition is `name{labels} value`.

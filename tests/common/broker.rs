@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The line the broker logs once it accepts STOMP connections; the address follows it.
@@ -241,41 +242,79 @@ impl Drop for Broker {
 /// The hash of `password` for the `users` key, made by `hamq hash --iterations 10000` (the
 /// fewest iterations hamq accepts, so that test brokers check passwords quickly).
 pub fn hash_password(password: &str) -> String {
-    let (status, out, err) = hamq_hash(&["--iterations", "10000"], &format!("{password}\n"));
-    assert!(status.success(), "`hamq hash` failed ({status}): {err}");
-    out.trim_end().to_string()
+    let run = hamq_command(
+        &["hash", "--iterations", "10000"],
+        &[],
+        &format!("{password}\n"),
+    );
+    assert!(
+        run.status.success(),
+        "`hamq hash` failed ({}): {}",
+        run.status,
+        run.stderr
+    );
+    run.stdout.trim_end().to_string()
 }
 
-/// Runs `hamq hash ARGS` with `input` on stdin: (exit status, stdout, stderr). Killed and
-/// reaped if it runs longer than 30 s.
-pub fn hamq_hash(args: &[&str], input: &str) -> (ExitStatus, String, String) {
+/// What one run of the `hamq` binary as a command (admin, `hash`, `--help`) printed.
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// stdout, then stderr.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `hamq ARGS` as a command with `stdin` on its standard input, the test run's own `HAMQ_`
+/// variables removed and `env` set (so that only what the test gives reaches it). Its output
+/// is read while it runs (a long listing cannot block it on a full pipe); killed by PID and
+/// reaped, failing the test, if it runs longer than 30 s.
+pub fn hamq_command(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hamq"));
-    cmd.arg("hash")
-        .args(args)
+    for (key, _) in std::env::vars() {
+        if key.starts_with("HAMQ_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = process::spawn(cmd).unwrap_or_else(|e| panic!("cannot run `hamq hash`: {e}"));
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    stdin
-        .write_all(input.as_bytes())
-        .expect("writing the password to `hamq hash`");
-    drop(stdin);
-    // Its output is one short line: it fits the pipes, so waiting first cannot block it.
-    let status = process::wait_or_kill(&mut child, START_TIMEOUT, "`hamq hash`");
-    (
+    let what = format!("`hamq {}`", args.join(" "));
+    let mut child = process::spawn(cmd).unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let stdout = read_pipe(child.stdout.take(), what.clone());
+    let stderr = read_pipe(child.stderr.take(), what.clone());
+    let mut input = child.stdin.take().expect("piped stdin");
+    // A command that reads no input may have exited already: its closed pipe is no failure.
+    let _ = input.write_all(stdin.as_bytes());
+    drop(input);
+    let status = process::wait_or_kill(&mut child, START_TIMEOUT, &what);
+    Run {
         status,
-        read_pipe(child.stdout.take()),
-        read_pipe(child.stderr.take()),
-    )
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
 }
 
-fn read_pipe(pipe: Option<impl Read>) -> String {
-    let mut text = String::new();
-    pipe.expect("a piped output")
-        .read_to_string(&mut text)
-        .expect("`hamq hash` prints UTF-8");
-    text
+/// A thread that reads `pipe` to its end.
+fn read_pipe(pipe: Option<impl Read + Send + 'static>, what: String) -> JoinHandle<String> {
+    let mut pipe = pipe.expect("a piped output");
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        pipe.read_to_end(&mut bytes)
+            .unwrap_or_else(|e| panic!("reading the output of {what}: {e}"));
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
 }
 
 /// The port in `... NEEDLE 127.0.0.1:PORT ...`, NEEDLE being one of the `LISTENING` lines.

@@ -38,7 +38,7 @@ mod process;
 mod proxy;
 pub mod supervise;
 
-pub use broker::{hamq_hash, hash_password, Broker};
+pub use broker::{hamq_command, hash_password, Broker, Run};
 pub use certs::Certs;
 pub use client::{Client, Frame, TIMEOUT};
 pub use galera::{Galera, NodeSpec};
