@@ -4,7 +4,7 @@
 //! router thread; the one place a wildcard subscription would be matched (as NATS's sublist
 //! does for subjects). Queues keep their consumers with their messages (`QueueDest`).
 
-use crate::store::DurableRow;
+use crate::store::{DurableRow, Durables};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -12,8 +12,8 @@ use std::sync::Arc;
 pub(super) struct Index {
     /// Topic -> its non-durable subscriptions (router subscription keys).
     topic_subs: HashMap<Arc<str>, Vec<u64>>,
-    /// Topic -> its durable subscriptions' ids, ascending.
-    durables_of: HashMap<String, Vec<u64>>,
+    /// Durable subscriptions by topic (ids ascending) and by id.
+    durables: Durables,
     /// (client-id, name) -> durable subscription id.
     durable_names: HashMap<(String, String), u64>,
 }
@@ -39,7 +39,7 @@ impl Index {
 
     /// The topic's durable subscriptions, in id order (the order their entries are stored).
     pub(super) fn durables_of(&self, topic: &str) -> &[u64] {
-        self.durables_of.get(topic).map_or(&[], Vec::as_slice)
+        self.durables.subscribers(topic)
     }
 
     /// The durable subscription `(client-id, name)` names.
@@ -50,36 +50,18 @@ impl Index {
     pub(super) fn add_durable(&mut self, row: &DurableRow) {
         self.durable_names
             .insert((row.client_id.clone(), row.name.clone()), row.id);
-        self.index_topic(row);
+        self.durables.insert(row.id, row.topic.clone());
     }
 
-    /// Durable subscription `old` now reads `new.topic` (same id, same names).
-    pub(super) fn repoint_durable(&mut self, old: &DurableRow, new: &DurableRow) {
-        self.unindex_topic(old);
-        self.index_topic(new);
+    /// Durable subscription `row.id` now reads `row.topic` (same id, same names).
+    pub(super) fn repoint_durable(&mut self, row: &DurableRow) {
+        self.durables.insert(row.id, row.topic.clone());
     }
 
     pub(super) fn remove_durable(&mut self, row: &DurableRow) {
         self.durable_names
             .remove(&(row.client_id.clone(), row.name.clone()));
-        self.unindex_topic(row);
-    }
-
-    fn index_topic(&mut self, row: &DurableRow) {
-        let ids = self.durables_of.entry(row.topic.clone()).or_default();
-        let at = ids.partition_point(|&id| id < row.id);
-        if ids.get(at) != Some(&row.id) {
-            ids.insert(at, row.id);
-        }
-    }
-
-    fn unindex_topic(&mut self, row: &DurableRow) {
-        if let Some(ids) = self.durables_of.get_mut(&row.topic) {
-            ids.retain(|&id| id != row.id);
-            if ids.is_empty() {
-                self.durables_of.remove(&row.topic);
-            }
-        }
+        self.durables.remove(row.id);
     }
 }
 
@@ -133,7 +115,7 @@ mod tests {
         assert_eq!(index.durable(&names("c3", "a")), None);
 
         let moved = row(5, "c1", "a", "/topic/u");
-        index.repoint_durable(&rows[0], &moved);
+        index.repoint_durable(&moved);
         assert_eq!(index.durables_of("/topic/t"), [2]);
         assert_eq!(index.durables_of("/topic/u"), [5, 9]);
         assert_eq!(index.durable(&names("c1", "a")), Some(5));
@@ -141,6 +123,6 @@ mod tests {
         index.remove_durable(&rows[1]);
         index.remove_durable(&moved);
         index.remove_durable(&rows[2]);
-        assert!(index.durables_of.is_empty() && index.durable_names.is_empty());
+        assert!(index.durables == Durables::default() && index.durable_names.is_empty());
     }
 }

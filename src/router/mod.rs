@@ -409,7 +409,7 @@ impl Router {
             if existing.row.topic != row.topic {
                 // Re-pointed to another topic: the store dropped what it held.
                 let dropped = existing.queue.clear();
-                self.index.repoint_durable(&existing.row, &row);
+                self.index.repoint_durable(&row);
                 existing.row = row;
                 self.held -= dropped;
             }

@@ -9,12 +9,12 @@
 //! caller's to restore.
 
 use super::{
-    column, encode_headers, encoded_headers_len, Committed, DurableRow, StoreError, StoreOp, Target,
+    column, encode_headers, encoded_headers_len, Committed, DurableRow, Durables, StoreError,
+    StoreOp, Target,
 };
 use crate::message::{Kind, Message, NON_PERSISTENT_BIT};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Transaction, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Most message rows in one INSERT statement.
@@ -123,52 +123,6 @@ impl Work {
                 removals.is_empty() && sends.iter().all(|m| transient(m, durables))
             }
             _ => false,
-        }
-    }
-}
-
-/// Durable subscriptions by id and by topic, kept in step with the rows written.
-#[derive(Clone, Default)]
-pub(super) struct Durables {
-    topic_of: HashMap<u64, String>,
-    subs_of: HashMap<String, Vec<u64>>,
-}
-
-impl Durables {
-    pub(super) fn from_rows(rows: &[DurableRow]) -> Durables {
-        let mut durables = Durables::default();
-        for row in rows {
-            durables.insert(row.id, row.topic.clone());
-        }
-        durables
-    }
-
-    fn topic(&self, id: u64) -> Option<&String> {
-        self.topic_of.get(&id)
-    }
-
-    /// The subscriptions of `topic`, in id order.
-    fn subscribers(&self, topic: &str) -> &[u64] {
-        self.subs_of.get(topic).map_or(&[], Vec::as_slice)
-    }
-
-    fn insert(&mut self, id: u64, topic: String) {
-        self.remove(id);
-        let subs = self.subs_of.entry(topic.clone()).or_default();
-        let at = subs.partition_point(|&s| s < id);
-        subs.insert(at, id);
-        self.topic_of.insert(id, topic);
-    }
-
-    fn remove(&mut self, id: u64) {
-        let Some(topic) = self.topic_of.remove(&id) else {
-            return;
-        };
-        if let Some(subs) = self.subs_of.get_mut(&topic) {
-            subs.retain(|&s| s != id);
-            if subs.is_empty() {
-                self.subs_of.remove(&topic);
-            }
         }
     }
 }

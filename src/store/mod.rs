@@ -1,16 +1,18 @@
 //! All SQL: connecting (with session settings that do not depend on the server's defaults),
 //! the lock and epoch (`lock`), the schema, its utf8mb4 conversion and recovery (`schema`), the
 //! group-commit writer (`writer`, with each operation's SQL in `apply`), the body pager
-//! (`pager`), and the one error type with the classification of MySQL errors (`error`).
+//! (`pager`), the index of durable subscriptions by topic (`durables`, which the router keeps
+//! one of too), and the one error type with the classification of MySQL errors (`error`).
 //!
 //! `connect`, `take_over`, `prepare` and `recover` run on the server thread before any client is
 //! served; the writer runs on its own thread. Nothing here knows sessions or the router: results
 //! leave through callbacks (`Done`) and a forwarding function handed in by the server, so arrows
 //! point one way. Every write transaction goes through `writer::Writer::attempt`, which fences
-//! it with the epoch. Inside: `writer` -> `apply` -> `lock`, `error`; `schema` and `lock` are
-//! used by `writer` and by the functions here.
+//! it with the epoch. Inside: `writer` -> `apply` -> `lock`, `durables`, `error`; `schema` and
+//! `lock` are used by `writer` and by the functions here.
 
 mod apply;
+mod durables;
 mod error;
 pub mod lease;
 pub mod lock;
@@ -19,6 +21,7 @@ mod schema;
 pub mod topology;
 mod writer;
 
+pub use durables::Durables;
 pub use error::{StoreError, DEADLOCK};
 pub use pager::{spawn_pager, Connector, PageRequest, Paged};
 pub use writer::{spawn_writer, Fence, WriterHandle, WriterStats};

@@ -13,7 +13,8 @@
 //! the broker (its supervisor restarts it and recovery reloads the store). It exits once every
 //! sender is dropped and the queue drained.
 
-use super::apply::{self, Apply, Durables, Ids, Outcome, Work};
+use super::apply::{self, Apply, Ids, Outcome, Work};
+use super::Durables;
 use super::{lock, Committed, Done, DurableRow, StoreError, StoreOp};
 use crate::flow_control::Admission;
 use crate::message::Kind;
