@@ -294,22 +294,36 @@ impl Delivery {
 }
 
 #[cfg(test)]
+impl Message {
+    /// A persistent message to `destination` (a topic if it names one), priority 4, no headers,
+    /// for unit tests of any module; other fields by struct update.
+    pub(crate) fn test(id: u64, destination: &str, body: &[u8]) -> Message {
+        Message {
+            id,
+            destination: Arc::from(destination),
+            kind: Kind::of(destination),
+            persistent: true,
+            priority: 4,
+            expires: 0,
+            timestamp: 0,
+            original_destination: None,
+            headers: Vec::new(),
+            body: body.to_vec(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_dead_lettered_copy_remembers_where_the_message_was_first_sent() {
         let message = Message {
-            id: 9,
-            destination: Arc::from("/topic/t"),
-            kind: Kind::Topic,
-            persistent: true,
             priority: 7,
-            expires: 0,
             timestamp: 1,
-            original_destination: None,
             headers: vec![("k".to_string(), "v".to_string())],
-            body: b"b".to_vec(),
+            ..Message::test(9, "/topic/t", b"b")
         };
         let copy = message.dead_lettered("/queue/DLQ.t");
         assert_eq!(&*copy.destination, "/queue/DLQ.t");
@@ -393,16 +407,8 @@ mod tests {
     fn weight_is_the_heap_blocks_taken() {
         assert_eq!([0, 1, 24, 25, 1024].map(heap_block), [0, 32, 32, 48, 1040]);
         let message = Message {
-            id: 1,
-            destination: Arc::from("/queue/q"),
-            kind: Kind::Queue,
-            persistent: true,
-            priority: 4,
-            expires: 0,
-            timestamp: 0,
-            original_destination: None,
             headers: vec![("k".to_string(), "v".to_string())],
-            body: vec![0; 1024],
+            ..Message::test(1, "/queue/q", &[0; 1024])
         };
         let own = heap_block(16 + std::mem::size_of::<Message>());
         assert_eq!(message.weight(), own + 32 + 1040 + 64 + 2 * 32);

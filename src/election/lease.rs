@@ -51,16 +51,14 @@ pub(super) fn elect(ctx: &Ctx<'_>, mut conn: Conn, database: &Database) -> Ended
             Err(e) => return Ended::Reconnect(e),
         };
         slave.check_clocks(&lease);
-        let gone = slave.gone.as_ref() == Some(&(lease.holder.clone(), lease.term));
-        let here = !lease.node.is_empty() && lease.node == database.node;
-        if lease.is_free() || gone || here {
-            match claim(ctx, (&mut conn, &mut presence), &me, &lease) {
+        match slave.next(&lease, &database.node) {
+            Next::Claim => match claim(ctx, (&mut conn, &mut presence), &me, &lease) {
                 Claim::Won(ended) => return ended,
                 Claim::Failed(e) => return Ended::Reconnect(e),
                 Claim::Lost => {}
-            }
-        } else {
-            slave.watch(ctx, &lease);
+            },
+            Next::Watch => slave.watch(ctx, &lease),
+            Next::Poll(wait) => ctx.shutdown.sleep(wait),
         }
         // The presence connection waits unused while this broker is a slave; the server drops
         // a connection silent for `wait_timeout` (= the lease), and a claim on it would fail
@@ -242,17 +240,38 @@ struct Slave {
     warned_clock: bool,
 }
 
+/// What a slave does once it has read the lease.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Take our presence, then the lease: it is free or lapsed, its holder's presence ended,
+    /// or the holder's node is ours (where our presence lock waits on the holder's own).
+    Claim,
+    /// Wait on the holder's presence through a connection to its node.
+    Watch,
+    /// Read the lease again after this long: the holder's node cannot be watched (unknown, or
+    /// not reachable in this term), or the lease lapses before one lock wait would end.
+    Poll(Duration),
+}
+
 impl Slave {
-    /// Wait on the holder's presence, on its node, for one lock wait at most and never past
-    /// the lease's end; notes in `gone` when it ends.
-    fn watch(&mut self, ctx: &Ctx<'_>, lease: &Lease) {
+    /// The step after reading `lease`, on a node named `my_node`.
+    fn next(&self, lease: &Lease, my_node: &str) -> Next {
+        let gone = self.gone.as_ref() == Some(&(lease.holder.clone(), lease.term));
+        let here = !lease.node.is_empty() && lease.node == my_node;
+        if lease.is_free() || gone || here {
+            return Next::Claim;
+        }
         let until_lapse = Duration::from_micros(lease.remaining_us.max(0) as u64);
         let blocked = self.unwatchable.as_ref() == Some(&(lease.address.clone(), lease.term));
         if blocked || lease.node.is_empty() || until_lapse < LOCK_WAIT {
-            ctx.shutdown
-                .sleep(POLL.min(until_lapse + Duration::from_millis(10)));
-            return;
+            return Next::Poll(POLL.min(until_lapse + Duration::from_millis(10)));
         }
+        Next::Watch
+    }
+
+    /// Wait on the holder's presence, on its node, for one lock wait at most and never past
+    /// the lease's end; notes in `gone` when it ends.
+    fn watch(&mut self, ctx: &Ctx<'_>, lease: &Lease) {
         let Some(watch) = self.watch_connection(ctx, lease) else {
             return;
         };
@@ -322,5 +341,75 @@ impl Slave {
             );
             self.warned_clock = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: &str, term: u64, node: &str, remaining_ms: i64) -> Lease {
+        Lease {
+            holder: holder.to_string(),
+            term,
+            node: node.to_string(),
+            address: format!("{node}:3306"),
+            remaining_us: remaining_ms * 1000,
+            ahead_us: 0,
+        }
+    }
+
+    #[test]
+    fn a_slave_claims_a_free_lapsed_or_ended_lease_and_watches_a_live_one() {
+        let mut slave = Slave::default();
+        // Nobody holds it, or the holder's lease lapsed (by the database's clock).
+        assert_eq!(slave.next(&lease("", 0, "", 0), "n2"), Next::Claim);
+        assert_eq!(slave.next(&lease("alpha", 3, "n1", -1), "n2"), Next::Claim);
+        // Held, on another node, for longer than a lock wait: watch its presence there.
+        let live = lease("alpha", 3, "n1", 4_000);
+        assert_eq!(slave.next(&live, "n2"), Next::Watch);
+        // Held on this slave's own node: its presence lock waits on the holder's there.
+        assert_eq!(slave.next(&live, "n1"), Next::Claim);
+        // The watch saw that holder's presence end in that term: take over before the lapse.
+        slave.gone = Some(("alpha".to_string(), 3));
+        assert_eq!(slave.next(&live, "n2"), Next::Claim);
+        // Not a later term of the same holder, nor another holder.
+        assert_eq!(
+            slave.next(&lease("alpha", 4, "n1", 4_000), "n2"),
+            Next::Watch
+        );
+        assert_eq!(
+            slave.next(&lease("beta", 3, "n1", 4_000), "n2"),
+            Next::Watch
+        );
+    }
+
+    #[test]
+    fn a_slave_polls_where_it_cannot_watch_and_never_past_the_lapse() {
+        let mut slave = Slave::default();
+        // The holder's node is unknown (an older hamq): read again soon.
+        assert_eq!(
+            slave.next(&lease("alpha", 3, "", 4_000), "n2"),
+            Next::Poll(POLL)
+        );
+        // It lapses within one lock wait: read again just after the lapse, not a poll later.
+        assert_eq!(
+            slave.next(&lease("alpha", 3, "n1", 50), "n2"),
+            Next::Poll(Duration::from_millis(60))
+        );
+        assert_eq!(
+            slave.next(&lease("alpha", 3, "n1", 900), "n2"),
+            Next::Poll(POLL)
+        );
+        // Its node could not be reached in this term: not tried again until the next term.
+        slave.unwatchable = Some(("n1:3306".to_string(), 3));
+        assert_eq!(
+            slave.next(&lease("alpha", 3, "n1", 4_000), "n2"),
+            Next::Poll(POLL)
+        );
+        assert_eq!(
+            slave.next(&lease("alpha", 4, "n1", 4_000), "n2"),
+            Next::Watch
+        );
     }
 }

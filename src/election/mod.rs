@@ -396,3 +396,183 @@ impl Waiting {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// A lock whose proofs follow a script, each taking its time and giving its answer; past
+    /// the script every proof succeeds at once.
+    struct Scripted<'a> {
+        proofs: Vec<(Duration, Result<(), LockLost>)>,
+        proved: &'a AtomicU64,
+        released: &'a AtomicBool,
+    }
+
+    impl Mastership for Scripted<'_> {
+        fn prove(&mut self) -> Result<(), LockLost> {
+            self.proved.fetch_add(1, Ordering::SeqCst);
+            if self.proofs.is_empty() {
+                return Ok(());
+            }
+            let (takes, answer) = self.proofs.remove(0);
+            // The proof's own duration (what the stall bound is about), not a wait for anything.
+            std::thread::sleep(takes);
+            answer
+        }
+
+        fn release(self) {
+            self.released.store(true, Ordering::SeqCst);
+        }
+
+        fn stall_bound(&self, lease: Duration) -> Duration {
+            lease / 4
+        }
+    }
+
+    /// How the master's life ended: what `serve_as_master` returned, whether it released the
+    /// lock, how many proofs it made, and the failure it stopped the broker with.
+    struct Life {
+        master: bool,
+        released: bool,
+        proofs: u64,
+        failure: Option<Failure>,
+    }
+
+    /// What a test sees of a master while it serves.
+    struct Serving<'a> {
+        release: Sender<()>,
+        role: &'a Role,
+        shutdown: &'a Shutdown,
+        proofs: &'a AtomicU64,
+    }
+
+    /// Serve as master on `proofs` with a 1 s lease (keep-alive 100 ms, stall bound 250 ms);
+    /// `after_won` runs once the server was told, and returns once the master should have
+    /// ended.
+    fn serve(
+        proofs: Vec<(Duration, Result<(), LockLost>)>,
+        after_won: impl FnOnce(Serving<'_>),
+    ) -> Life {
+        let config = Config {
+            lease: Duration::from_secs(1),
+            ..Config::default()
+        };
+        let (shutdown, role) = (Shutdown::default(), Role::default());
+        let (won_tx, won) = bounded(1);
+        let (release, release_rx) = bounded(1);
+        let (proved, released) = (AtomicU64::new(0), AtomicBool::new(false));
+        let ctx = Ctx {
+            config: &config,
+            shutdown: &shutdown,
+            role: &role,
+            won: &won_tx,
+            release: &release_rx,
+        };
+        let lock = Scripted {
+            proofs,
+            proved: &proved,
+            released: &released,
+        };
+        let master = std::thread::scope(|scope| {
+            let serving = scope.spawn(|| serve_as_master(&ctx, lock));
+            won.recv_timeout(Duration::from_secs(10))
+                .expect("the server is told it won");
+            assert!(role.is_fresh(config.lease), "won is a proof");
+            after_won(Serving {
+                release,
+                role: &role,
+                shutdown: &shutdown,
+                proofs: &proved,
+            });
+            matches!(serving.join().expect("no panic"), Ended::Master)
+        });
+        Life {
+            master,
+            released: released.load(Ordering::SeqCst),
+            proofs: proved.load(Ordering::SeqCst),
+            failure: shutdown.take_failure(),
+        }
+    }
+
+    /// Poll `done` until it holds, for 10 s at most.
+    fn within_10s(done: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    fn lost(life: &Life) -> &LockLost {
+        match &life.failure {
+            Some(Failure::LostLock(why)) => why.downcast_ref().expect("a LockLost"),
+            other => panic!("not a lost lock: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_master_proves_its_lock_until_released_then_gives_it_up() {
+        let life = serve(Vec::new(), |serving| {
+            assert!(within_10s(|| serving.proofs.load(Ordering::SeqCst) >= 3));
+            assert!(serving.role.is_fresh(Duration::from_secs(1)));
+            assert!(!serving.shutdown.is_stopping());
+            serving.release.send(()).expect("the master listens");
+        });
+        assert!(
+            life.master && life.released,
+            "released at the server's word"
+        );
+        assert!(
+            life.proofs >= 3,
+            "a proof every keep-alive: {}",
+            life.proofs
+        );
+        assert!(life.failure.is_none());
+    }
+
+    #[test]
+    fn a_master_whose_server_is_gone_gives_the_lock_up() {
+        let life = serve(Vec::new(), |serving| drop(serving.release));
+        assert!(life.master && life.released);
+        assert!(life.failure.is_none());
+    }
+
+    #[test]
+    fn a_failed_proof_stops_the_broker_without_releasing() {
+        let proofs = vec![
+            (Duration::ZERO, Ok(())),
+            (Duration::ZERO, Err(LockLost::Gone)),
+        ];
+        let life = serve(proofs, |serving| {
+            assert!(within_10s(|| serving.shutdown.is_stopping()));
+        });
+        assert!(life.master && !life.released);
+        assert_eq!(life.proofs, 2, "nothing is proved after the failure");
+        assert!(matches!(lost(&life), LockLost::Gone));
+        let text = life.failure.as_ref().map(Failure::to_string);
+        assert_eq!(
+            text.as_deref(),
+            Some("lost the lock: the lock's connection is gone")
+        );
+    }
+
+    #[test]
+    fn a_proof_that_succeeds_too_late_counts_as_lost() {
+        let proofs = vec![(Duration::from_millis(300), Ok(()))];
+        let life = serve(proofs, |serving| {
+            assert!(within_10s(|| serving.shutdown.is_stopping()));
+            let fresh = serving.role.is_fresh(Duration::from_millis(250));
+            assert!(!fresh, "not renewed by a late proof");
+        });
+        assert!(life.master && !life.released);
+        match lost(&life) {
+            LockLost::Stalled(took) => assert!(*took >= Duration::from_millis(300), "{took:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -135,18 +135,7 @@ impl Bench {
 }
 
 fn message(id: u64) -> Message {
-    Message {
-        id,
-        destination: Arc::from("/queue/a"),
-        kind: Kind::Queue,
-        persistent: true,
-        priority: 4,
-        expires: 0,
-        timestamp: 0,
-        original_destination: None,
-        headers: Vec::new(),
-        body: b"x".to_vec(),
-    }
+    Message::test(id, "/queue/a", b"x")
 }
 
 /// A receipt whose running the test can see.

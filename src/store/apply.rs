@@ -489,17 +489,7 @@ fn write_rows(
     let budget = max_statement.min(BYTES_PER_INSERT);
     let mut rest = rows.as_slice();
     while !rest.is_empty() {
-        let mut take = 1;
-        let mut bytes = row_bytes(&rest[0]);
-        while take < rest.len() && take < ROWS_PER_INSERT {
-            let more = row_bytes(&rest[take]);
-            if bytes + more > budget {
-                break;
-            }
-            bytes += more;
-            take += 1;
-        }
-        let (chunk, tail) = rest.split_at(take);
+        let (chunk, tail) = rest.split_at(statement_rows(rest, budget));
         insert_messages(tx, chunk)?;
         out.rows_written += chunk.len() as u64;
         rest = tail;
@@ -516,6 +506,22 @@ fn write_rows(
         tx.exec_drop(sql, params)?;
     }
     Ok(())
+}
+
+/// How many of `rows`, from the first, the next INSERT statement takes: at most
+/// `ROWS_PER_INSERT`, within `budget` bytes, and always the first.
+fn statement_rows(rows: &[Arc<Message>], budget: usize) -> usize {
+    let mut bytes = 0;
+    let mut take = 0;
+    for row in rows.iter().take(ROWS_PER_INSERT) {
+        let more = row_bytes(row);
+        if take > 0 && bytes + more > budget {
+            break;
+        }
+        bytes += more;
+        take += 1;
+    }
+    take
 }
 
 fn insert_messages(tx: &mut Transaction<'_>, messages: &[Arc<Message>]) -> Result<(), StoreError> {
@@ -578,4 +584,135 @@ fn delete_messages(tx: &mut Transaction<'_>, ids: &[u64]) -> Result<(), StoreErr
         ))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(id_hint: &str, destination: &str, persistent: bool) -> Arc<Message> {
+        Arc::new(Message {
+            persistent,
+            ..Message::test(0, destination, id_hint.as_bytes())
+        })
+    }
+
+    fn commit(sends: Vec<Arc<Message>>) -> Work {
+        Work::Commit {
+            sends,
+            removals: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn ids_rows_and_entries_follow_send_order_and_the_durable_subscriptions() {
+        let mut durables = Durables::default();
+        durables.insert(7, "/topic/d".to_string());
+        durables.insert(3, "/topic/d".to_string());
+        let mut works = [
+            commit(vec![
+                send("q", "/queue/a", true),
+                send("np", "/queue/a", false),
+                send("d", "/topic/d", true),
+                send("t", "/topic/none", true),
+            ]),
+            commit(vec![send("q2", "/queue/b", true)]),
+        ];
+        let mut ids = Ids {
+            next_id: 100,
+            next_transient: 0,
+        };
+        let mut out = Outcome::default();
+        assign_all(works.iter_mut(), &durables, &mut ids, &mut out);
+
+        // Stored messages take the database's ids in order; the others transient ones.
+        let t = NON_PERSISTENT_BIT;
+        let [Committed::Messages(routed)] = out.committed.as_slice() else {
+            panic!("consecutive messages travel as one Committed::Messages");
+        };
+        let routed: Vec<(&[u8], u64)> = routed.iter().map(|m| (&m.body[..], m.id)).collect();
+        let expected: [(&[u8], u64); 5] = [
+            (b"q", 100),
+            (b"np", t | 1),
+            (b"d", 101),
+            (b"t", t | 2),
+            (b"q2", 102),
+        ];
+        assert_eq!(routed, expected);
+        let rows: Vec<u64> = out.inserts.iter().map(|m| m.id).collect();
+        assert_eq!(rows, [100, 101, 102]);
+        assert_eq!(
+            out.entries,
+            [(3, 101), (7, 101)],
+            "one per durable, in id order"
+        );
+        assert_eq!((ids.next_id, ids.next_transient), (103, 2));
+        // The batch's own copies carry the ids too (a retry gives them afresh).
+        let Work::Commit { sends, .. } = &works[1] else {
+            unreachable!()
+        };
+        assert_eq!(sends[0].id, 102);
+    }
+
+    #[test]
+    fn what_stays_in_memory_and_what_changes_the_durables() {
+        let mut durables = Durables::default();
+        durables.insert(1, "/topic/d".to_string());
+        let memory_only = commit(vec![
+            send("", "/queue/a", false),
+            send("", "/topic/t", true),
+        ]);
+        assert!(memory_only.stays_in_memory(&durables));
+        assert!(!commit(vec![send("", "/topic/d", true)]).stays_in_memory(&durables));
+        assert!(!commit(vec![send("", "/queue/a", true)]).stays_in_memory(&durables));
+        let ack = Work::Commit {
+            sends: Vec::new(),
+            removals: vec![Target::Message(5)],
+        };
+        assert!(!ack.stays_in_memory(&durables), "a removal is a write");
+        let count = Work::Redelivered {
+            target: Target::Message(5),
+            count: 1,
+        };
+        assert!(!count.stays_in_memory(&durables));
+        assert!(!count.changes_durables() && !ack.changes_durables());
+        assert!(Work::DeleteDurable { id: 1 }.changes_durables());
+        let create = Work::CreateDurable {
+            client_id: "c".to_string(),
+            name: "n".to_string(),
+            topic: "/topic/d".to_string(),
+        };
+        assert!(create.changes_durables());
+    }
+
+    #[test]
+    fn insert_statements_stay_within_their_row_and_byte_bounds() {
+        let small: Vec<Arc<Message>> = (0..150).map(|_| send("x", "/queue/a", true)).collect();
+        assert_eq!(statement_rows(&small, BYTES_PER_INSERT), ROWS_PER_INSERT);
+        assert_eq!(statement_rows(&small[..10], BYTES_PER_INSERT), 10);
+        let each = row_bytes(&small[0]);
+        assert_eq!(statement_rows(&small, each * 3), 3);
+        assert_eq!(statement_rows(&small, each * 3 - 1), 2);
+        // A row larger than the budget still goes, alone.
+        let big = vec![
+            Arc::new(Message::test(0, "/queue/a", &[0; 5000])),
+            send("x", "/queue/a", true),
+        ];
+        assert_eq!(statement_rows(&big, 1000), 1);
+        assert_eq!(statement_rows(&big[1..], 1000), 1);
+        assert_eq!(statement_rows(&[], 1000), 0);
+    }
+
+    #[test]
+    fn the_one_row_of_a_lone_send_is_taken_from_the_gathered_rows() {
+        let mut out = Outcome::default();
+        let mut ids = Ids {
+            next_id: 8,
+            next_transient: 0,
+        };
+        let mut works = [commit(vec![send("a", "/queue/a", true)])];
+        assign_all(works.iter_mut(), &Durables::default(), &mut ids, &mut out);
+        assert_eq!(only_row(&mut out).map(|m| m.id), Some(8));
+        assert!(out.inserts.is_empty() && only_row(&mut out).is_none());
+    }
 }

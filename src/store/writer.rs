@@ -153,6 +153,64 @@ impl Pending {
     }
 }
 
+/// Everything queued behind `first`, up to `MAX_BATCH`. When the previous batch was larger
+/// (`last_batch`), wait up to `linger` for as many operations to arrive (the senders of the
+/// last batch are answering their receipts): without it, a batch taken the moment the first of
+/// N waiting producers sends holds half of them, and the rest wait a whole extra commit. The
+/// writer bounds the wait by a quarter of the last commit's time (`MAX_LINGER` at most), so a
+/// lone producer, whose batches hold one operation, never waits.
+fn gather<T>(
+    first: T,
+    rx: &crossbeam_channel::Receiver<T>,
+    last_batch: usize,
+    linger: Duration,
+) -> Vec<T> {
+    let mut batch = vec![first];
+    batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+    let want = last_batch.min(MAX_BATCH);
+    if batch.len() < want {
+        let deadline = Instant::now() + linger;
+        while batch.len() < want {
+            match rx.recv_deadline(deadline) {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+    }
+    batch
+}
+
+/// The batch as the transactions it is committed in, in order: a purge of more than
+/// `PURGE_ROWS` messages becomes transactions of its own, `PURGE_ROWS` rows each; the
+/// operations around it stay together.
+fn split_purges(batch: Vec<Pending>) -> Vec<Vec<Pending>> {
+    let mut parts: Vec<Vec<Pending>> = vec![Vec::new()];
+    for pending in batch {
+        match pending.work {
+            Work::Purge { ids } if ids.len() > PURGE_ROWS => {
+                for chunk in ids.chunks(PURGE_ROWS) {
+                    let work = Work::Purge {
+                        ids: chunk.to_vec(),
+                    };
+                    parts.push(vec![Pending {
+                        work,
+                        done: None,
+                        admission: Admission::default(),
+                    }]);
+                }
+                parts.push(Vec::new());
+            }
+            work => parts.last_mut().expect("a part").push(Pending {
+                work,
+                done: pending.done,
+                admission: pending.admission,
+            }),
+        }
+    }
+    parts.retain(|p| !p.is_empty());
+    parts
+}
+
 /// A fatal failure and the operations that were not answered yet.
 type Failed = (StoreError, Vec<Pending>);
 
@@ -171,7 +229,10 @@ impl Writer {
                 Vec::new()
             } else {
                 match rx.recv_timeout(self.fence.keepalive - idle) {
-                    Ok(first) => self.gather(first, &rx),
+                    Ok(first) => {
+                        let linger = (self.last_commit / 4).min(MAX_LINGER);
+                        gather(first, &rx, self.last_batch, linger)
+                    }
                     Err(RecvTimeoutError::Timeout) => Vec::new(),
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
@@ -191,61 +252,12 @@ impl Writer {
         }
     }
 
-    /// Everything queued behind `first`. When the previous batch was larger, wait a little for
-    /// as many operations to arrive (the senders of the last batch are answering their
-    /// receipts): without it, a batch taken the moment the first of N waiting producers sends
-    /// holds half of them, and the rest wait a whole extra commit. The wait is bounded by a
-    /// quarter of the last commit's time (`MAX_LINGER` at most), so a lone producer, whose
-    /// batches hold one operation, never waits.
-    fn gather(
-        &mut self,
-        first: StoreOp,
-        rx: &crossbeam_channel::Receiver<StoreOp>,
-    ) -> Vec<StoreOp> {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter().take(MAX_BATCH - 1));
-        let want = self.last_batch.min(MAX_BATCH);
-        if batch.len() < want {
-            let deadline = Instant::now() + (self.last_commit / 4).min(MAX_LINGER);
-            while batch.len() < want {
-                match rx.recv_deadline(deadline) {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
-            }
-        }
-        batch
-    }
-
     /// Commit a batch in transactions a cluster accepts: a purge of more than `PURGE_ROWS`
     /// messages goes in transactions of its own, `PURGE_ROWS` rows each (Galera refuses a
     /// write set over `wsrep_max_ws_rows` / `wsrep_max_ws_size`, and certifies a huge one
     /// slowly). A purge cut short by a crash leaves the rest of its messages in the store.
     fn commit_split(&mut self, batch: Vec<Pending>) -> Result<(), Failed> {
-        let mut parts: Vec<Vec<Pending>> = vec![Vec::new()];
-        for pending in batch {
-            match pending.work {
-                Work::Purge { ids } if ids.len() > PURGE_ROWS => {
-                    for chunk in ids.chunks(PURGE_ROWS) {
-                        let work = Work::Purge {
-                            ids: chunk.to_vec(),
-                        };
-                        parts.push(vec![Pending {
-                            work,
-                            done: None,
-                            admission: Admission::default(),
-                        }]);
-                    }
-                    parts.push(Vec::new());
-                }
-                work => parts.last_mut().expect("a part").push(Pending {
-                    work,
-                    done: pending.done,
-                    admission: pending.admission,
-                }),
-            }
-        }
-        let mut parts = parts.into_iter().filter(|p| !p.is_empty()).peekable();
+        let mut parts = split_purges(batch).into_iter().peekable();
         if parts.peek().is_none() {
             // The idle keep-alive: an empty, fenced transaction.
             return self.commit(Vec::new());
@@ -514,5 +526,122 @@ fn fail_remaining(rx: &crossbeam_channel::Receiver<StoreOp>) {
         if let Some(done) = pending.done {
             done(Err(StoreError::Stopped));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Target;
+
+    fn pending(work: Work) -> Pending {
+        Pending {
+            work,
+            done: None,
+            admission: Admission::default(),
+        }
+    }
+
+    /// Each part's operations, as (kind, ids or size).
+    fn shape(parts: &[Vec<Pending>]) -> Vec<Vec<(&'static str, usize)>> {
+        parts
+            .iter()
+            .map(|part| {
+                part.iter()
+                    .map(|p| match &p.work {
+                        Work::Purge { ids } => ("purge", ids.len()),
+                        Work::Redelivered { count, .. } => ("count", *count as usize),
+                        _ => ("other", 0),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn count(n: u32) -> Pending {
+        pending(Work::Redelivered {
+            target: Target::Message(1),
+            count: n,
+        })
+    }
+
+    fn purge(n: u64) -> Pending {
+        pending(Work::Purge {
+            ids: (0..n).collect(),
+        })
+    }
+
+    #[test]
+    fn a_large_purge_goes_in_transactions_of_its_own_between_its_neighbours() {
+        let batch = vec![
+            count(1),
+            purge(10),
+            count(2),
+            purge(2500),
+            count(3),
+            count(4),
+        ];
+        let parts = split_purges(batch);
+        assert_eq!(
+            shape(&parts),
+            [
+                vec![("count", 1), ("purge", 10), ("count", 2)],
+                vec![("purge", 1000)],
+                vec![("purge", 1000)],
+                vec![("purge", 500)],
+                vec![("count", 3), ("count", 4)],
+            ]
+        );
+        let Work::Purge { ids } = &parts[3][0].work else {
+            unreachable!()
+        };
+        assert_eq!(
+            (ids[0], ids[ids.len() - 1]),
+            (2000, 2499),
+            "in order, none lost"
+        );
+        assert!(split_purges(Vec::new()).is_empty(), "the keep-alive batch");
+        assert_eq!(
+            shape(&split_purges(vec![purge(1000)])),
+            [vec![("purge", 1000)]]
+        );
+    }
+
+    #[test]
+    fn a_batch_takes_what_is_queued_and_lingers_only_for_a_larger_last_batch() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for n in 1..=3 {
+            tx.send(n).expect("open");
+        }
+        // The last batch was one operation: no wait, whatever is queued.
+        assert_eq!(gather(0, &rx, 1, Duration::from_secs(60)), [0, 1, 2, 3]);
+        // It was larger: wait for the rest, up to the linger, then go with what came.
+        let started = Instant::now();
+        assert_eq!(gather(0, &rx, 8, Duration::from_millis(20)), [0]);
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        let sender = std::thread::spawn(move || {
+            for n in 1..=7 {
+                tx.send(n).expect("open");
+            }
+            tx
+        });
+        let started = Instant::now();
+        let batch = gather(0, &rx, 8, Duration::from_secs(60));
+        assert_eq!(batch, (0..8).collect::<Vec<_>>());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "stops once it has them"
+        );
+        let tx = sender.join().expect("sender");
+        // Never more than MAX_BATCH; the rest waits for the next batch.
+        for n in 0..MAX_BATCH + 10 {
+            tx.send(n).expect("open");
+        }
+        let first = rx.recv().expect("queued");
+        assert_eq!(
+            gather(first, &rx, MAX_BATCH * 2, Duration::ZERO).len(),
+            MAX_BATCH
+        );
+        assert_eq!(rx.len(), 10);
     }
 }
