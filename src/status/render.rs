@@ -4,6 +4,7 @@
 use super::Shared;
 use crate::election::RoleInfo;
 use crate::router::Stats;
+use serde::Serialize;
 use std::fmt::Write;
 
 pub(super) fn role_name(role: &RoleInfo) -> &'static str {
@@ -14,59 +15,66 @@ pub(super) fn role_name(role: &RoleInfo) -> &'static str {
     }
 }
 
-/// A JSON string literal.
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+/// The `/status` document, its keys in this order (serde keeps a struct's field order).
+#[derive(Serialize)]
+struct StatusDoc<'a> {
+    name: &'a str,
+    role: &'static str,
+    epoch: u64,
+    holder: &'a str,
+    database: &'a str,
+    election: &'static str,
+    uptime_seconds: u64,
+    connections: usize,
+    held_bytes: usize,
+    memory_limit: usize,
+    destinations: Vec<DestinationDoc<'a>>,
+}
+
+#[derive(Serialize)]
+struct DestinationDoc<'a> {
+    name: &'a str,
+    depth: usize,
+    in_flight: usize,
+    consumers: usize,
+    enqueued: u64,
+    dequeued: u64,
+    redelivered: u64,
+    dead_lettered: u64,
 }
 
 pub fn status_json(shared: &Shared, role: &RoleInfo, stats: &Stats) -> String {
-    let destinations: Vec<String> = stats
+    let destinations = stats
         .destinations
         .iter()
-        .map(|d| {
-            format!(
-                "{{\"name\":{},\"depth\":{},\"in_flight\":{},\"consumers\":{},\"enqueued\":{},\
-                 \"dequeued\":{},\"redelivered\":{},\"dead_lettered\":{}}}",
-                json_string(&d.name),
-                d.depth,
-                d.in_flight,
-                d.consumers,
-                d.counters.enqueued,
-                d.counters.dequeued,
-                d.counters.redelivered,
-                d.counters.dead_lettered
-            )
+        .map(|d| DestinationDoc {
+            name: &d.name,
+            depth: d.depth,
+            in_flight: d.in_flight,
+            consumers: d.consumers,
+            enqueued: d.counters.enqueued,
+            dequeued: d.counters.dequeued,
+            redelivered: d.counters.redelivered,
+            dead_lettered: d.counters.dead_lettered,
         })
         .collect();
-    format!(
-        "{{\"name\":{},\"role\":\"{}\",\"epoch\":{},\"holder\":{},\"database\":{},\
-         \"election\":{},\"uptime_seconds\":{},\"connections\":{},\"held_bytes\":{},\
-         \"memory_limit\":{},\"destinations\":[{}]}}\n",
-        json_string(&shared.name),
-        role_name(role),
-        role.epoch,
-        json_string(&role.holder),
-        json_string(&role.database),
-        json_string(election_name(role)),
-        shared.started.elapsed().as_secs(),
-        stats.connections,
-        stats.held_bytes,
-        shared.memory_limit,
-        destinations.join(",")
-    )
+    let doc = StatusDoc {
+        name: &shared.name,
+        role: role_name(role),
+        epoch: role.epoch,
+        holder: &role.holder,
+        database: &role.database,
+        election: election_name(role),
+        uptime_seconds: shared.started.elapsed().as_secs(),
+        connections: stats.connections,
+        held_bytes: stats.held_bytes,
+        memory_limit: shared.memory_limit,
+        destinations,
+    };
+    // Serializing plain strings and numbers cannot fail; an empty object would say so.
+    let mut text = serde_json::to_string(&doc).unwrap_or_else(|_| "{}".to_string());
+    text.push('\n');
+    text
 }
 
 /// A Prometheus label value.
