@@ -88,35 +88,118 @@ impl Options {
     }
 }
 
-pub const HELP: &str = "\
-hamq-bench: a STOMP 1.2 load generator for any broker (hamq, ActiveMQ, ...)
+/// The `--help` text: every flag, with its default read from `Options::default()`.
+pub fn help() -> String {
+    let d = Options::default();
+    let secs = |t: Duration| t.as_secs_f64().to_string();
+    let flags: [(&str, &str, Option<String>); 20] = [
+        ("--host H", "broker host", Some(d.host.clone())),
+        ("--port P", "broker STOMP port", Some(d.port.to_string())),
+        ("--login L", "CONNECT login", Some(d.login.clone())),
+        ("--passcode P", "CONNECT passcode", Some(d.passcode.clone())),
+        (
+            "--destination D",
+            "/queue/... or /topic/... (a topic fans out)",
+            Some(d.destination.clone()),
+        ),
+        (
+            "--producers N",
+            "producer connections, one thread each; 0 = consume-only\n(see below)",
+            Some(d.producers.to_string()),
+        ),
+        (
+            "--consumers N",
+            "consumer connections, one thread each",
+            Some(d.consumers.to_string()),
+        ),
+        (
+            "--size BYTES",
+            "body size (at least the ~50-byte stamp line)",
+            Some(d.size.to_string()),
+        ),
+        (
+            "--count N",
+            "messages per producer; 0 = send for --duration",
+            Some(d.count.to_string()),
+        ),
+        (
+            "--duration SECS",
+            "sending time when --count is 0",
+            Some(secs(d.duration)),
+        ),
+        (
+            "--persistent BOOL",
+            "the SEND `persistent` header",
+            Some(d.persistent.to_string()),
+        ),
+        (
+            "--receipt BOOL",
+            "a receipt per SEND, awaited before the next",
+            Some(d.receipt.to_string()),
+        ),
+        (
+            "--ack MODE",
+            "auto | client | client-individual (consumers\nACK each message unless auto)",
+            Some(d.ack.as_str().to_string()),
+        ),
+        (
+            "--prefetch N",
+            "activemq.prefetchSize on SUBSCRIBE",
+            Some(
+                d.prefetch
+                    .map_or("broker default".into(), |n| n.to_string()),
+            ),
+        ),
+        (
+            "--warmup SECS",
+            "leave the first SECS out of rates/latencies",
+            Some(secs(d.warmup)),
+        ),
+        (
+            "--drain SECS",
+            "how long consumers may keep receiving after\nthe producers are done",
+            Some(secs(d.drain)),
+        ),
+        (
+            "--idle-connections N",
+            "open N connections (CONNECT, heart-beat 0,0), hold\nthem for --duration, \
+             DISCONNECT; no messages",
+            Some(match d.idle_connections {
+                0 => "0 = off".to_string(),
+                n => n.to_string(),
+            }),
+        ),
+        (
+            "--json PATH",
+            "also write the JSON result to PATH (- = stdout)",
+            d.json.clone(),
+        ),
+        ("--help", "this text", None),
+        ("-h", "the same", None),
+    ];
+    let mut text = String::from(
+        "hamq-bench: a STOMP 1.2 load generator for any broker (hamq, ActiveMQ, ...)\n\n\
+         usage: hamq-bench [--key value]...\n\n",
+    );
+    for (flag, what, default) in flags {
+        let mut lines = what.lines().peekable();
+        let mut column = flag;
+        while let Some(line) = lines.next() {
+            let last = lines.peek().is_none();
+            match (&default, last) {
+                (Some(default), true) => {
+                    text += &format!("  {column:<20} {line:<45} [{default}]\n");
+                }
+                _ => text += &format!("  {column:<20} {line}\n"),
+            }
+            column = "";
+        }
+    }
+    text + "\n" + HELP_MODES
+}
 
-usage: hamq-bench [--key value]...
-
-  --host H             broker host                                   [127.0.0.1]
-  --port P             broker STOMP port                             [61613]
-  --login L            CONNECT login                                 [guest]
-  --passcode P         CONNECT passcode                              [guest]
-  --destination D      /queue/... or /topic/... (a topic fans out)   [/queue/bench]
-  --producers N        producer connections, one thread each; 0 = consume-only
-                       (see below)                                   [1]
-  --consumers N        consumer connections, one thread each         [1]
-  --size BYTES         body size (at least the ~50-byte stamp line)  [1024]
-  --count N            messages per producer; 0 = send for --duration [0]
-  --duration SECS      sending time when --count is 0                [10]
-  --persistent BOOL    the SEND `persistent` header                  [true]
-  --receipt BOOL       a receipt per SEND, awaited before the next   [false]
-  --ack MODE           auto | client | client-individual (consumers
-                       ACK each message unless auto)                 [auto]
-  --prefetch N         activemq.prefetchSize on SUBSCRIBE            [broker default]
-  --warmup SECS        leave the first SECS out of rates/latencies   [0]
-  --drain SECS         how long consumers may keep receiving after
-                       the producers are done                        [10]
-  --idle-connections N open N connections (CONNECT, heart-beat 0,0), hold
-                       them for --duration, DISCONNECT; no messages  [0 = off]
-  --json PATH          also write the JSON result to PATH (- = stdout)
-  --help               this text
-
+/// What `--help` says after the flags.
+const HELP_MODES: &str = "\
 Consume-only (--producers 0, --consumers N >= 1): the consumers take what is already on the
 destination (e.g. pre-loaded by an earlier run) until --count messages arrived in all, or none
 arrived for --drain seconds. Rate = messages / time from the first to the last. Bodies with a

@@ -6,7 +6,8 @@
 
 use crate::cli::Options;
 use crate::conn::{Connection, Target, CONNECT_TIMEOUT};
-use crate::report::Json;
+use crate::report::{secs, to_line};
+use serde::Serialize;
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
@@ -134,31 +135,49 @@ impl IdleReport<'_> {
     /// One JSON object on one line.
     pub fn json(&self) -> String {
         let (o, r) = (self.opts, self.result);
-        let secs = |d: Duration| Json::Num(d.as_secs_f64());
-        let errors = r.error_messages.iter().cloned().map(Json::Str).collect();
-        Json::Obj(vec![
-            ("tool", Json::Str("hamq-bench".into())),
-            ("mode", Json::Str("idle-connections".into())),
-            (
-                "config",
-                Json::Obj(vec![
-                    ("host", Json::Str(o.host.clone())),
-                    ("port", Json::Int(o.port.into())),
-                    ("login", Json::Str(o.login.clone())),
-                    ("idle_connections", Json::Int(o.idle_connections.into())),
-                    ("duration_s", secs(o.duration)),
-                ]),
-            ),
-            ("requested", Json::Int(o.idle_connections.into())),
-            ("connected", Json::Int(r.connected)),
-            ("open_at_end", Json::Int(r.open_at_end)),
-            ("errors", Json::Int(r.errors)),
-            ("error_messages", Json::Arr(errors)),
-            ("connect_s", secs(r.connect_time)),
-            ("held_s", secs(r.held)),
-        ])
-        .to_string()
+        to_line(&IdleDoc {
+            tool: "hamq-bench",
+            mode: "idle-connections",
+            config: IdleConfig {
+                host: &o.host,
+                port: o.port,
+                login: &o.login,
+                idle_connections: o.idle_connections,
+                duration_s: secs(o.duration),
+            },
+            requested: o.idle_connections,
+            connected: r.connected,
+            open_at_end: r.open_at_end,
+            errors: r.errors,
+            error_messages: &r.error_messages,
+            connect_s: secs(r.connect_time),
+            held_s: secs(r.held),
+        })
     }
+}
+
+/// The JSON report of an idle-connections run, its keys in this order.
+#[derive(Serialize)]
+struct IdleDoc<'a> {
+    tool: &'static str,
+    mode: &'static str,
+    config: IdleConfig<'a>,
+    requested: u32,
+    connected: u64,
+    open_at_end: u64,
+    errors: u64,
+    error_messages: &'a [String],
+    connect_s: f64,
+    held_s: f64,
+}
+
+#[derive(Serialize)]
+struct IdleConfig<'a> {
+    host: &'a str,
+    port: u16,
+    login: &'a str,
+    idle_connections: u32,
+    duration_s: f64,
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     let opts = match cli::parse(&args) {
         Ok(Some(opts)) => opts,
         Ok(None) => {
-            println!("{}", cli::HELP);
+            println!("{}", cli::help());
             return ExitCode::SUCCESS;
         }
         Err(e) => {

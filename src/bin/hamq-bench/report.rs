@@ -4,6 +4,7 @@
 use crate::cli::Options;
 use crate::histogram::Summary;
 use crate::run::Totals;
+use serde::Serialize;
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -186,36 +187,149 @@ impl Report<'_> {
 
     /// One JSON object on one line.
     pub fn json(&self) -> String {
-        let (t, r) = (self.totals, self.rates());
-        let latency = self.latencies().map(|(_, key, s)| (key, summary_json(&s)));
-        let errors = t.error_messages.iter().cloned().map(Json::Str).collect();
-        let secs = |d: Duration| Json::Num(d.as_secs_f64());
-        Json::Obj(vec![
-            ("tool", Json::Str("hamq-bench".into())),
-            ("run_id", Json::Str(format!("{:016x}", t.run_id))),
-            ("config", config_json(self.opts)),
-            ("sent", Json::Int(t.sent)),
-            ("receipted", Json::Int(t.receipted)),
-            ("received", Json::Int(t.received)),
-            ("duplicates", Json::Int(self.duplicates())),
-            ("missing", self.missing().map_or(Json::Null, Json::Int)),
-            ("expected", t.expected.map_or(Json::Null, Json::Int)),
-            ("stale", Json::Int(t.stale)),
-            ("unstamped", Json::Int(t.unstamped)),
-            ("corrupt", Json::Int(t.corrupt)),
-            ("errors", Json::Int(t.errors)),
-            ("error_messages", Json::Arr(errors)),
-            ("elapsed_s", secs(t.elapsed)),
-            ("send_window_s", secs(t.send_window)),
-            ("receive_window_s", secs(t.receive_window)),
-            ("send_rate", Json::Num(r.send)),
-            ("receive_rate", Json::Num(r.receive)),
-            ("send_mb_per_s", Json::Num(r.send_mb)),
-            ("receive_mb_per_s", Json::Num(r.receive_mb)),
-            ("latency_ms", Json::Obj(latency.into())),
-        ])
-        .to_string()
+        let (t, r, o) = (self.totals, self.rates(), self.opts);
+        let [(_, _, receipt), (_, _, delivery)] = self.latencies();
+        to_line(&Doc {
+            tool: "hamq-bench",
+            run_id: format!("{:016x}", t.run_id),
+            config: ConfigDoc {
+                host: &o.host,
+                port: o.port,
+                login: &o.login,
+                destination: &o.destination,
+                producers: o.producers,
+                consumers: o.consumers,
+                size: o.size,
+                count: o.count,
+                duration_s: secs(o.duration),
+                persistent: o.persistent,
+                receipt: o.receipt,
+                ack: o.ack.as_str(),
+                prefetch: o.prefetch,
+                warmup_s: secs(o.warmup),
+                drain_s: secs(o.drain),
+                consume_only: o.consume_only(),
+            },
+            sent: t.sent,
+            receipted: t.receipted,
+            received: t.received,
+            duplicates: self.duplicates(),
+            missing: self.missing(),
+            expected: t.expected,
+            stale: t.stale,
+            unstamped: t.unstamped,
+            corrupt: t.corrupt,
+            errors: t.errors,
+            error_messages: &t.error_messages,
+            elapsed_s: secs(t.elapsed),
+            send_window_s: secs(t.send_window),
+            receive_window_s: secs(t.receive_window),
+            send_rate: three(r.send),
+            receive_rate: three(r.receive),
+            send_mb_per_s: three(r.send_mb),
+            receive_mb_per_s: three(r.receive_mb),
+            latency_ms: LatencyDoc {
+                send_to_receipt: SummaryDoc::of(&receipt),
+                send_to_delivery: SummaryDoc::of(&delivery),
+            },
+        })
     }
+}
+
+/// The JSON report, its keys in this order.
+#[derive(Serialize)]
+struct Doc<'a> {
+    tool: &'static str,
+    run_id: String,
+    config: ConfigDoc<'a>,
+    sent: u64,
+    receipted: u64,
+    received: u64,
+    duplicates: u64,
+    missing: Option<u64>,
+    expected: Option<u64>,
+    stale: u64,
+    unstamped: u64,
+    corrupt: u64,
+    errors: u64,
+    error_messages: &'a [String],
+    elapsed_s: f64,
+    send_window_s: f64,
+    receive_window_s: f64,
+    send_rate: f64,
+    receive_rate: f64,
+    send_mb_per_s: f64,
+    receive_mb_per_s: f64,
+    latency_ms: LatencyDoc,
+}
+
+/// The options the run was made with.
+#[derive(Serialize)]
+struct ConfigDoc<'a> {
+    host: &'a str,
+    port: u16,
+    login: &'a str,
+    destination: &'a str,
+    producers: u32,
+    consumers: u32,
+    size: usize,
+    count: u64,
+    duration_s: f64,
+    persistent: bool,
+    receipt: bool,
+    ack: &'static str,
+    prefetch: Option<u32>,
+    warmup_s: f64,
+    drain_s: f64,
+    consume_only: bool,
+}
+
+#[derive(Serialize)]
+struct LatencyDoc {
+    send_to_receipt: SummaryDoc,
+    send_to_delivery: SummaryDoc,
+}
+
+/// Milliseconds; `null` without samples.
+#[derive(Serialize)]
+struct SummaryDoc {
+    count: u64,
+    mean: Option<f64>,
+    p50: Option<f64>,
+    p90: Option<f64>,
+    p99: Option<f64>,
+    max: Option<f64>,
+}
+
+impl SummaryDoc {
+    fn of(s: &Summary) -> SummaryDoc {
+        let v = |ns| (s.count > 0).then(|| three(ms(ns)));
+        SummaryDoc {
+            count: s.count,
+            mean: v(s.mean_ns),
+            p50: v(s.p50_ns),
+            p90: v(s.p90_ns),
+            p99: v(s.p99_ns),
+            max: v(s.max_ns),
+        }
+    }
+}
+
+/// Rounded to three decimals, as the figures are read (a NaN is written as `null`).
+fn three(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Seconds, to the millisecond.
+pub fn secs(d: Duration) -> f64 {
+    three(d.as_secs_f64())
+}
+
+/// One JSON object on one line. Serializing plain fields cannot fail; if it did, the line says
+/// so as JSON.
+pub fn to_line(doc: &impl Serialize) -> String {
+    serde_json::to_string(doc)
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
 }
 
 /// Messages and megabytes (10^6 bytes) per second.
@@ -226,123 +340,39 @@ struct Rates {
     receive_mb: f64,
 }
 
-fn config_json(o: &Options) -> Json {
-    let secs = |d: Duration| Json::Num(d.as_secs_f64());
-    Json::Obj(vec![
-        ("host", Json::Str(o.host.clone())),
-        ("port", Json::Int(o.port.into())),
-        ("login", Json::Str(o.login.clone())),
-        ("destination", Json::Str(o.destination.clone())),
-        ("producers", Json::Int(o.producers.into())),
-        ("consumers", Json::Int(o.consumers.into())),
-        ("size", Json::Int(o.size as u64)),
-        ("count", Json::Int(o.count)),
-        ("duration_s", secs(o.duration)),
-        ("persistent", Json::Bool(o.persistent)),
-        ("receipt", Json::Bool(o.receipt)),
-        ("ack", Json::Str(o.ack.as_str().into())),
-        (
-            "prefetch",
-            o.prefetch.map_or(Json::Null, |n| Json::Int(n.into())),
-        ),
-        ("warmup_s", secs(o.warmup)),
-        ("drain_s", secs(o.drain)),
-        ("consume_only", Json::Bool(o.consume_only())),
-    ])
-}
-
-/// Milliseconds; `null` without samples.
-fn summary_json(s: &Summary) -> Json {
-    let v = |ns| match s.count {
-        0 => Json::Null,
-        _ => Json::Num(ms(ns)),
-    };
-    Json::Obj(vec![
-        ("count", Json::Int(s.count)),
-        ("mean", v(s.mean_ns)),
-        ("p50", v(s.p50_ns)),
-        ("p90", v(s.p90_ns)),
-        ("p99", v(s.p99_ns)),
-        ("max", v(s.max_ns)),
-    ])
-}
-
-/// Just enough JSON to write a report.
-pub enum Json {
-    Null,
-    Bool(bool),
-    Int(u64),
-    /// Written with three decimals.
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(&'static str, Json)>),
-}
-
-impl std::fmt::Display for Json {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Json::Null => f.write_str("null"),
-            Json::Bool(b) => write!(f, "{b}"),
-            Json::Int(n) => write!(f, "{n}"),
-            Json::Num(x) if x.is_finite() => write!(f, "{x:.3}"),
-            Json::Num(_) => f.write_str("null"),
-            Json::Str(s) => write_str(f, s),
-            Json::Arr(items) => {
-                f.write_str("[")?;
-                for (i, item) in items.iter().enumerate() {
-                    write!(f, "{}{item}", if i > 0 { "," } else { "" })?;
-                }
-                f.write_str("]")
-            }
-            Json::Obj(fields) => {
-                f.write_str("{")?;
-                for (i, (k, v)) in fields.iter().enumerate() {
-                    f.write_str(if i > 0 { "," } else { "" })?;
-                    write_str(f, k)?;
-                    write!(f, ":{v}")?;
-                }
-                f.write_str("}")
-            }
-        }
-    }
-}
-
-fn write_str(f: &mut std::fmt::Formatter<'_>, s: &str) -> std::fmt::Result {
-    f.write_str("\"")?;
-    for c in s.chars() {
-        match c {
-            '"' => f.write_str("\\\"")?,
-            '\\' => f.write_str("\\\\")?,
-            '\n' => f.write_str("\\n")?,
-            '\r' => f.write_str("\\r")?,
-            '\t' => f.write_str("\\t")?,
-            c if (c as u32) < 0x20 => write!(f, "\\u{:04x}", c as u32)?,
-            c => write!(f, "{c}")?,
-        }
-    }
-    f.write_str("\"")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn json_escapes_and_nests() {
-        let j = Json::Obj(vec![
-            ("s", Json::Str("a\"b\\c\nd\u{1}".into())),
-            (
-                "a",
-                Json::Arr(vec![Json::Int(1), Json::Null, Json::Bool(false)]),
-            ),
-            ("x", Json::Num(1.23456)),
-            ("nan", Json::Num(f64::NAN)),
-        ]);
-        assert_eq!(
-            j.to_string(),
-            r#"{"s":"a\"b\\c\nd\u0001","a":[1,null,false],"x":1.235,"nan":null}"#
+    fn json_escapes_rounds_and_writes_no_number_for_nan() {
+        let opts = Options {
+            destination: "/queue/a\"b\\c\nd\u{1}".to_string(),
+            ..Options::default()
+        };
+        let totals = Totals {
+            elapsed: Duration::from_micros(1_234_567),
+            error_messages: vec!["ERROR frame: \"no\"".to_string()],
+            ..Totals::default()
+        };
+        let json = Report {
+            opts: &opts,
+            totals: &totals,
+        }
+        .json();
+        assert!(
+            json.contains(r#""destination":"/queue/a\"b\\c\nd\u0001""#),
+            "{json}"
         );
+        assert!(
+            json.contains(r#""error_messages":["ERROR frame: \"no\""]"#),
+            "{json}"
+        );
+        assert!(json.contains(r#""elapsed_s":1.235,"#), "{json}");
+        assert!(json.contains(r#""send_rate":0.0,"#), "{json}");
+        assert!(json.contains(r#""mean":null"#), "{json}");
+        assert!(!json.contains('\n'));
+        assert_eq!(to_line(&[f64::NAN]), "[null]");
     }
 
     #[test]
