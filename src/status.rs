@@ -161,9 +161,16 @@ fn admin_login(shared: &Shared, request: &Request) -> Result<Option<String>, Res
     };
     // One password check at a time: each is a slow hash, and 32 guessers hashing at once on
     // two cores would starve the thread answering `/health` (420 ms measured in
-    // tests/operations.rs); the others wait asleep.
-    let _one_at_a_time = shared.verifying.lock();
-    match shared.auth.login(Some(&login), Some(&password)) {
+    // tests/operations.rs); the others wait asleep. Credentials verified before need no hash,
+    // so a known admin does not queue behind guessers.
+    let login = match shared.auth.known_login(Some(&login), Some(&password)) {
+        Some(known) => known,
+        None => {
+            let _one_at_a_time = shared.verifying.lock();
+            shared.auth.login(Some(&login), Some(&password))
+        }
+    };
+    match login {
         Login::User(user) => Ok(Some(user)),
         Login::Anonymous => Ok(None),
         Login::Refused => Err(Response::text(401, "authentication failed\n".to_string())),

@@ -120,29 +120,40 @@ impl Authenticator {
         !self.rules().users.is_empty()
     }
 
+    /// The outcome of `login` when it is known without a password hash: no users configured
+    /// (anonymous), or these credentials verified before. None: only `login` can tell. (The
+    /// status listener lets one password check run at a time, and a known admin need not wait
+    /// behind guessers for it.)
+    pub fn known_login(&self, login: Option<&str>, password: Option<&str>) -> Option<Login> {
+        if !self.enabled() {
+            return Some(Login::Anonymous);
+        }
+        let (login, password) = (login.unwrap_or(""), password.unwrap_or(""));
+        let verified = self.is_verified(&self.key(login, password));
+        verified.then(|| Login::User(login.to_string()))
+    }
+
     /// Check a login and password. Blocks this thread for one verification at most (plus the
     /// wait for a concurrent one with the same credentials).
     pub fn login(&self, login: Option<&str>, password: Option<&str>) -> Login {
-        if !self.enabled() {
-            return Login::Anonymous;
+        if let Some(known) = self.known_login(login, password) {
+            return known;
         }
         let (login, password) = (login.unwrap_or(""), password.unwrap_or(""));
         let key = self.key(login, password);
-        if !self.is_verified(&key) {
-            let gate = lock(&self.verifying).entry(key).or_default().clone();
-            let passed = {
-                let _turn = lock(&gate);
-                self.is_verified(&key) || self.verify(&key, login, password)
-            };
-            let mut verifying = lock(&self.verifying);
-            // Two holders (the map and this thread): no one else waits on the gate. Others
-            // clone it only while holding the map's lock, so the count cannot change here.
-            if Arc::strong_count(&gate) == 2 {
-                verifying.remove(&key);
-            }
-            if !passed {
-                return Login::Refused;
-            }
+        let gate = lock(&self.verifying).entry(key).or_default().clone();
+        let passed = {
+            let _turn = lock(&gate);
+            self.is_verified(&key) || self.verify(&key, login, password)
+        };
+        let mut verifying = lock(&self.verifying);
+        // Two holders (the map and this thread): no one else waits on the gate. Others
+        // clone it only while holding the map's lock, so the count cannot change here.
+        if Arc::strong_count(&gate) == 2 {
+            verifying.remove(&key);
+        }
+        if !passed {
+            return Login::Refused;
         }
         Login::User(login.to_string())
     }
@@ -262,6 +273,17 @@ mod tests {
             assert_eq!(thread.join().unwrap(), Login::User("ops".to_string()));
         }
         assert_eq!(auth.verifications(), 1);
+        assert_eq!(
+            auth.known_login(Some("ops"), Some("ops-pw")),
+            Some(Login::User("ops".to_string()))
+        );
+        assert_eq!(auth.known_login(Some("ops"), Some("wrong")), None);
+        assert_eq!(
+            auth.known_login(Some("app"), Some("app-pw")),
+            None,
+            "not verified yet"
+        );
+        assert_eq!(auth.verifications(), 1, "known_login hashes no password");
         assert_eq!(auth.login(Some("ops"), Some("wrong")), Login::Refused);
         assert_eq!(auth.login(Some("ops"), Some("wrong")), Login::Refused);
         assert_eq!(auth.verifications(), 3, "failures are not remembered");

@@ -189,13 +189,19 @@ impl Session {
         }
     }
 
+    /// Every frame of what was read. `last_frame` is stamped once per read, at its first frame
+    /// (the frames of one read arrived together), not once per frame.
     fn decode_all(&mut self) -> Flow {
+        let mut stamped = false;
         loop {
             match self.decoder.decode() {
                 Ok(None) => return Flow::Continue,
                 Ok(Some(Decoded::HeartBeat)) => {}
                 Ok(Some(Decoded::Frame(frame))) => {
-                    self.last_frame.store(now_ms(), Ordering::Relaxed);
+                    if !stamped {
+                        self.last_frame.store(now_ms(), Ordering::Relaxed);
+                        stamped = true;
+                    }
                     if self.handle(frame) == Flow::Close {
                         return Flow::Close;
                     }
