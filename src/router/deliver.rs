@@ -68,7 +68,7 @@ impl Router {
         let Some(sub) = self.subs.get(&key) else {
             return false;
         };
-        let window_open = sub.ack == AckMode::Auto || sub.inflight.len() < sub.prefetch;
+        let window_open = sub.inflight.window_open(sub.ack, sub.prefetch);
         window_open
             && self
                 .conns
@@ -171,7 +171,7 @@ impl Router {
         if sub.ack == AckMode::Auto {
             self.auto_pending.insert(key);
         }
-        sub.inflight.push_back(InFlight {
+        sub.inflight.push(InFlight {
             entry,
             source,
             handed,
@@ -188,10 +188,7 @@ impl Router {
                 continue;
             };
             let written = self.conns.get(&sub.conn).map_or(0, |c| c.outbox.written());
-            let mut settled = Vec::new();
-            while sub.inflight.front().is_some_and(|f| f.handed <= written) {
-                settled.extend(sub.inflight.pop_front());
-            }
+            let settled = sub.inflight.take_written(written);
             if !sub.inflight.is_empty() {
                 self.auto_pending.insert(key);
             }
@@ -334,7 +331,7 @@ impl Router {
         self.blocked_subs.remove(&key);
         self.auto_pending.remove(&key);
         let mut consumed = Vec::new();
-        for flight in std::mem::take(&mut sub.inflight) {
+        for flight in sub.inflight.take_all() {
             let seen = flight.handed <= written;
             if seen && sub.ack == AckMode::Auto {
                 consumed.extend(target(flight.entry.id(), &flight.source));

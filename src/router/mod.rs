@@ -24,6 +24,7 @@ mod admin;
 mod deliver;
 mod inbox;
 mod index;
+mod inflight;
 mod paging;
 mod stats;
 mod subscriptions;
@@ -31,6 +32,8 @@ mod topics;
 
 #[cfg(test)]
 mod tests;
+
+use inflight::{Deliveries, InFlight};
 
 use crate::command::{AckMode, AckRef, SubscriptionRef};
 use crate::flow_control::{Admission, FlowControl};
@@ -174,14 +177,6 @@ pub enum Source {
     Topic,
 }
 
-struct InFlight {
-    entry: Entry,
-    source: Source,
-    /// Its number among the deliveries handed to the connection's outbox (see
-    /// `Outbox::written`): a delivery never written is put back without counting.
-    handed: u64,
-}
-
 struct Sub {
     conn: ConnId,
     id: Arc<str>,
@@ -193,7 +188,7 @@ struct Sub {
     ack: AckMode,
     prefetch: usize,
     /// Delivered and not yet acknowledged, in delivery order (client acks are cumulative).
-    inflight: VecDeque<InFlight>,
+    inflight: Deliveries,
     /// Non-durable topic subscriptions: messages waiting for room (see `topics`).
     backlog: VecDeque<Arc<Message>>,
     backlog_bytes: usize,

@@ -2,7 +2,7 @@
 //! Runs on the router thread only; each request returns the `Reply` its session waits for, and
 //! queues the store writes it causes (`Router::store_later`).
 
-use super::{target, ConnId, Ending, InFlight, Reply, Router, Source, Sub};
+use super::{target, ConnId, Deliveries, Ending, Reply, Router, Source, Sub};
 use crate::command::{AckMode, AckRef, SubscriptionRef};
 use crate::flow_control::Admission;
 use crate::message::{parse_message_id, Kind, Message};
@@ -107,7 +107,7 @@ impl Router {
             topic,
             ack: request.ack,
             prefetch: request.prefetch,
-            inflight: VecDeque::new(),
+            inflight: Deliveries::default(),
             backlog: VecDeque::new(),
             backlog_bytes: 0,
         };
@@ -247,7 +247,7 @@ impl Router {
         keys.into_iter()
             .find_map(|k| {
                 let sub = self.subs.get(&k)?;
-                let pos = sub.inflight.iter().position(|f| f.entry.id() == id)?;
+                let pos = sub.inflight.position(id)?;
                 Some((k, pos))
             })
             .ok_or_else(|| format!("message `{text}` is not awaiting acknowledgement here"))
@@ -283,10 +283,7 @@ impl Router {
         let Some(sub) = self.subs.get_mut(&key) else {
             return Reply::Refused("subscription vanished".to_string());
         };
-        let taken: Vec<InFlight> = match sub.ack {
-            AckMode::Client => sub.inflight.drain(..=pos).collect(),
-            _ => sub.inflight.remove(pos).into_iter().collect(),
-        };
+        let taken = sub.inflight.take_covered(sub.ack, pos);
         let source = sub.source.clone();
         let reply = if nack {
             for flight in taken {
@@ -324,12 +321,7 @@ impl Router {
         let Some(sub) = self.subs.get(&key) else {
             return Ok(());
         };
-        let first = if sub.ack == AckMode::Client { 0 } else { pos };
-        let adding: usize = sub
-            .inflight
-            .range(first..=pos)
-            .map(|f| f.entry.weight())
-            .sum();
+        let adding = sub.inflight.weight_covered(sub.ack, pos);
         let holding = self
             .conns
             .get(&conn)
