@@ -199,8 +199,9 @@ impl Router {
                 .map(Entry::id)
                 .filter(|id| id & NON_PERSISTENT_BIT == 0),
         );
-        self.held -= dest.queue.clear();
-        self.paging.remove(&Source::Queue(Arc::from(destination)));
+        self.residency.release(dest.queue.clear());
+        self.residency
+            .answered(&Source::Queue(Arc::from(destination)));
         self.count(destination, |c| c.dequeued += purged as u64);
         self.store_later(StoreOp::Purge { ids });
         log::info!("purged {purged} messages from {destination}");
@@ -242,8 +243,10 @@ impl Router {
             };
             entries.push(entry);
         }
-        self.held -= entries.iter().map(Entry::held_bytes).sum::<usize>();
-        self.paging.remove(&Source::Queue(Arc::from(from.as_str())));
+        self.residency
+            .release(entries.iter().map(Entry::held_bytes).sum::<usize>());
+        self.residency
+            .answered(&Source::Queue(Arc::from(from.as_str())));
         let ids: Vec<u64> = entries
             .iter()
             .map(Entry::id)
@@ -320,7 +323,7 @@ impl Router {
         }
         let purged = self.purge(destination);
         self.queues.remove(destination);
-        self.counters.remove(destination);
+        self.counters.forget(destination);
         if self.full.remove(destination) {
             self.flow.set_full(&Arc::from(destination), false);
         }
@@ -399,10 +402,10 @@ impl Router {
         if let Some(mut durable) = self.durables.remove(&id) {
             self.index.remove_durable(&durable.row);
             pending = durable.queue.len();
-            self.held -= durable.queue.clear();
+            self.residency.release(durable.queue.clear());
         }
         self.blocked.remove(&Source::Durable(id));
-        self.paging.remove(&Source::Durable(id));
+        self.residency.answered(&Source::Durable(id));
         self.store_later(StoreOp::DeleteDurable { id });
         log::info!(
             "removed durable subscription `{}` of client `{}` ({pending} pending messages)",

@@ -301,7 +301,7 @@ impl Router {
             }
         }
         for (entry, source) in expired {
-            self.held -= entry.held_bytes();
+            self.residency.release(entry.held_bytes());
             self.expire(entry, &source);
         }
     }

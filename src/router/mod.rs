@@ -14,11 +14,17 @@
 //! request caused, and its answer is held until they are handed over, so what the session sends
 //! the store next comes after them. The backlog grows only with deliveries and acks, which the
 //! prefetch windows bound.
-//! Submodules: `inbox` (the thread's loop and request handling), `deliver` (dispatch,
-//! redelivery, dead letters), `subscriptions` (subscribe, ack), `paging` (bounded memory: which
-//! bodies stay in memory, loading the others), `topics` (non-durable topic subscribers'
-//! bounded backlogs), `stats` (figures for the status endpoints), `admin` (the status
-//! listener's admin requests: browse, purge, move, delete, connections, durable subscriptions).
+//!
+//! The router thread is the dispatcher; the state it keeps is in self-contained parts with no
+//! I/O, each unit-tested on its own: `index::Index` (where a topic message goes, durable
+//! subscriptions by name), `inflight::Deliveries` (a subscription's unacknowledged deliveries:
+//! window, what an ACK covers), `paging::Residency` (the memory budget: resident or paged, which
+//! pages to load) and `stats::CounterTable` (per-destination totals). The other submodules are
+//! the router's handlers: `inbox` (the thread's loop and request handling), `deliver` (dispatch,
+//! redelivery, dead letters), `subscriptions` (subscribe, ack), `paging` (loading bodies),
+//! `topics` (non-durable topic subscribers' bounded backlogs), `stats` (figures for the status
+//! endpoints), `admin` (the status listener's admin requests: browse, purge, move, delete,
+//! connections, durable subscriptions).
 
 mod admin;
 mod deliver;
@@ -48,7 +54,7 @@ use std::sync::Arc;
 pub use admin::{
     AdminReply, AdminRequest, Browsed, ConnInfo, ConnectionView, DurableView, BODY_PREVIEW,
 };
-pub use stats::{Counters, DestinationStats, Stats};
+pub use stats::{DestinationStats, Stats};
 pub use subscriptions::SubscribeRequest;
 
 /// The configured bounds the router enforces.
@@ -236,7 +242,7 @@ pub struct Router {
     /// Auto-ack subscriptions with deliveries not yet known to be written.
     auto_pending: HashSet<u64>,
     /// Per-destination totals for the status endpoints.
-    counters: HashMap<Arc<str>, Counters>,
+    counters: stats::CounterTable,
     store: Sender<StoreOp>,
     /// The router's store writes not yet handed to the writer, in order (see the module doc).
     store_backlog: VecDeque<StoreOp>,
@@ -247,12 +253,8 @@ pub struct Router {
     /// request, connection, answer), in that order.
     deferred: VecDeque<(u64, ConnId, Answer)>,
     pager: Sender<PageRequest<Source>>,
-    /// Sources with a page request out.
-    paging: HashSet<Source>,
-    /// Bytes held by pending entries (`Entry::held_bytes`: each entry, and its message while
-    /// resident), against `memory_limit`.
-    held: usize,
-    memory_limit: usize,
+    /// The memory budget of pending entries, and the page requests out (see `paging`).
+    residency: paging::Residency,
     max_redeliveries: u32,
     max_subscriptions: usize,
     max_queue_depth: usize,
@@ -292,16 +294,14 @@ impl Router {
             blocked: HashSet::new(),
             blocked_subs: HashSet::new(),
             auto_pending: HashSet::new(),
-            counters: HashMap::new(),
+            counters: stats::CounterTable::default(),
             store,
             store_backlog: VecDeque::new(),
             queued: 0,
             handed: 0,
             deferred: VecDeque::new(),
             pager,
-            paging: HashSet::new(),
-            held: 0,
-            memory_limit,
+            residency: paging::Residency::new(memory_limit),
             max_redeliveries,
             max_subscriptions,
             max_queue_depth,
@@ -325,16 +325,9 @@ impl Router {
                 d.queue.push(entry);
             }
         }
-        router.held = router
-            .queues
-            .values()
-            .map(|d| d.queue.bytes())
-            .sum::<usize>()
-            + router
-                .durables
-                .values()
-                .map(|d| d.queue.bytes())
-                .sum::<usize>();
+        let queued: usize = router.queues.values().map(|d| d.queue.bytes()).sum();
+        let durable: usize = router.durables.values().map(|d| d.queue.bytes()).sum();
+        router.residency.hold(queued + durable);
         let names: Vec<Arc<str>> = router.queues.keys().cloned().collect();
         for name in &names {
             router.check_full(name);
@@ -406,7 +399,7 @@ impl Router {
                 let dropped = existing.queue.clear();
                 self.index.repoint_durable(&row);
                 existing.row = row;
-                self.held -= dropped;
+                self.residency.release(dropped);
             }
             return;
         }

@@ -165,7 +165,7 @@ impl Router {
         }
         if let Some(mut durable) = self.durables.remove(&durable_id) {
             self.index.remove_durable(&durable.row);
-            self.held -= durable.queue.clear();
+            self.residency.release(durable.queue.clear());
         }
         self.blocked.remove(&Source::Durable(durable_id));
         self.store_later(StoreOp::DeleteDurable { id: durable_id });
