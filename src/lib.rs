@@ -24,10 +24,12 @@
 //! - `message`: a message as the broker holds it, destinations, ids and the MESSAGE frame.
 //! - `queue`: one destination's pending messages in priority/arrival order.
 //! - `router`: the single routing thread: destinations, subscriptions, in-flight deliveries,
-//!   and the admin requests (browse, move, connections, durable subscriptions).
+//!   and the admin requests (browse, move, connections, durable subscriptions); a dispatcher
+//!   over unit-tested parts (destination index, in-flight deliveries, memory budget, counters).
 //! - `store`: all SQL: connecting with session settings of its own, what the database is
 //!   (`topology`), the lock, lease and fencing epoch, the utf8mb4 schema and its conversion,
-//!   recovery, the group-commit writer thread, body paging, and the store's error classes.
+//!   recovery, the group-commit writer thread, body paging, the index of durable subscriptions
+//!   by topic (the writer's and the router's), and the store's error classes.
 //! - `flow_control`: producer flow control: the store backlog budget and full queues, the gates
 //!   a SEND waits at.
 //! - `outbox`: a connection's bounded outgoing queue: delivery window, control credits, direct
@@ -36,7 +38,8 @@
 //!   (started when first needed).
 //! - `transport`: a connection's byte stream, plain TCP or TLS: certificate loading, the
 //!   handshake, the TLS state shared by the reader and writer threads.
-//! - `shutdown`: the stop signal every loop checks; wakes the accept loops.
+//! - `shutdown`: the stop signal every loop checks; wakes the accept loops; why the broker
+//!   stopped (`Failure`: a lost lock, a store failure, something that could not start).
 //! - `election`: the election thread: looks at the database, then waits for the master lock
 //!   (a row lock, or on a cluster a lease with a presence lock) as a slave, keeps it as master.
 //! - `status`: the status listener (HTTP, or HTTPS with its own certificate): /status, /health,
