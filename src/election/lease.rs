@@ -16,6 +16,7 @@
 //! once, well before the lease lapses for anyone else.
 
 use super::{connect, serve_as_master, Ctx, Ended, LockLost, Mastership, Waiting, LOCK_WAIT};
+use crate::store::epoch;
 use crate::store::lease::{self, Claimant, Lease};
 use crate::store::lock::{self, Held};
 use crate::store::topology::{self, Database};
@@ -69,7 +70,7 @@ pub(super) fn elect(ctx: &Ctx<'_>, mut conn: Conn, database: &Database) -> Ended
             }
             presence_used = Instant::now();
         }
-        let holder = match lock::holder(&mut conn) {
+        let holder = match epoch::holder(&mut conn) {
             Ok(holder) => holder,
             Err(e) => return Ended::Reconnect(e),
         };

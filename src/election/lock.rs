@@ -6,6 +6,7 @@
 //! master it holds the transaction open and uses its connection every keepalive.
 
 use super::{serve_as_master, Ctx, Ended, LockLost, Mastership, Waiting};
+use crate::store::epoch;
 use crate::store::lock::{self, Held};
 use mysql::Conn;
 use std::time::Duration;
@@ -19,7 +20,7 @@ pub(super) fn elect(ctx: &Ctx<'_>, mut conn: Conn) -> Ended {
         });
         match won {
             Ok(Some(ended)) => return ended,
-            Ok(None) => match lock::holder(&mut conn) {
+            Ok(None) => match epoch::holder(&mut conn) {
                 Ok(holder) => waiting.log(ctx, (&holder.0, holder.1), ""),
                 Err(e) => return Ended::Reconnect(e),
             },

@@ -445,7 +445,7 @@ pub(super) fn only_row(out: &mut Outcome) -> Option<Arc<Message>> {
 /// Write `message` in ONE autocommitted statement that fences itself:
 /// `INSERT ... SELECT <row> FROM hamq_epoch WHERE id = 1 AND epoch = ours`. Under REPEATABLE
 /// READ (which `store::connect` sets) an INSERT ... SELECT reads the epoch row with a shared
-/// lock, as `lock::check_epoch` does, so a takeover waits for it, and after one the statement
+/// lock, as `epoch::check_epoch` does, so a takeover waits for it, and after one the statement
 /// inserts nothing. Returns whether the row was inserted (false: deposed).
 ///
 /// One row only: MariaDB 10.11 stored empty bodies for some executions of the multi-row form

@@ -1,18 +1,21 @@
 //! All SQL: connecting (with session settings that do not depend on the server's defaults),
-//! the lock and epoch (`lock`), the schema, its utf8mb4 conversion and recovery (`schema`), the
-//! group-commit writer (`writer`, with each operation's SQL in `apply`), the body pager
-//! (`pager`), the index of durable subscriptions by topic (`durables`, which the router keeps
-//! one of too), and the one error type with the classification of MySQL errors (`error`).
+//! the election's lock row (`lock`, used by the election only, on its own connections) and the
+//! fencing epoch (`epoch`), the lease (`lease`), the schema, its utf8mb4 conversion and recovery
+//! (`schema`), the group-commit writer (`writer`, with each operation's SQL in `apply`), the
+//! body pager (`pager`), the index of durable subscriptions by topic (`durables`, which the
+//! router keeps one of too), and the one error type with the classification of MySQL errors
+//! (`error`).
 //!
 //! `connect`, `take_over`, `prepare` and `recover` run on the server thread before any client is
 //! served; the writer runs on its own thread. Nothing here knows sessions or the router: results
 //! leave through callbacks (`Done`) and a forwarding function handed in by the server, so arrows
 //! point one way. Every write transaction goes through `writer::Writer::attempt`, which fences
-//! it with the epoch. Inside: `writer` -> `apply` -> `lock`, `durables`, `error`; `schema` and
-//! `lock` are used by `writer` and by the functions here.
+//! it with the epoch. Inside: `writer` -> `apply`, `epoch`, `durables`, `error`; `schema` and
+//! `epoch` are used by the functions here; `lock` and `lease` by the election.
 
 mod apply;
 mod durables;
+pub mod epoch;
 mod error;
 pub mod lease;
 pub mod lock;
@@ -243,14 +246,14 @@ const SESSION: &[&str] = &[
 /// requires TLS.
 const ACCESS_DENIED: u16 = 1045;
 
-/// The new master's committed epoch bump (see `lock::take_over`), on a store connection while
+/// The new master's committed epoch bump (see `epoch::take_over`), on a store connection while
 /// the election holds the lock. A `hamq_epoch` made by an older hamq is converted to utf8mb4
 /// first, so that any broker name can be written to it, and gets its `fenced` column.
 pub fn take_over(conn: &mut Conn, name: &str, now_ms: i64) -> Result<u64, StoreError> {
     let collation = schema::name_collation(conn)?;
     schema::convert_table(conn, "hamq_epoch", collation)?;
-    lock::add_fence_column(conn)?;
-    lock::take_over(conn, name, now_ms)
+    epoch::add_fence_column(conn)?;
+    epoch::take_over(conn, name, now_ms)
 }
 
 /// The server's `max_allowed_packet` as `conn` has it (a session copies the global value when

@@ -15,7 +15,7 @@
 
 use super::apply::{self, Apply, Ids, Outcome, Work};
 use super::Durables;
-use super::{lock, Committed, Done, DurableRow, StoreError, StoreOp};
+use super::{epoch, Committed, Done, DurableRow, StoreError, StoreOp};
 use crate::flow_control::Admission;
 use crate::message::Kind;
 use crossbeam_channel::RecvTimeoutError;
@@ -49,8 +49,8 @@ pub struct Fence {
     pub epoch: u64,
     /// Longest idle time before an empty fenced transaction.
     pub keepalive: Duration,
-    /// Fence each transaction by a write to the epoch row (`lock::fence_by_write`), which a
-    /// cluster certifies, instead of a locking read (`lock::check_epoch`), which only one server
+    /// Fence each transaction by a write to the epoch row (`epoch::fence_by_write`), which a
+    /// cluster certifies, instead of a locking read (`epoch::check_epoch`), which only one server
     /// enforces. Set with `election = lease`.
     pub certified: bool,
 }
@@ -465,7 +465,7 @@ impl Writer {
                 other => other,
             })?;
         if !written {
-            let (_, current) = lock::holder(&mut self.conn)?;
+            let (_, current) = epoch::holder(&mut self.conn)?;
             return Err(StoreError::Deposed {
                 ours: self.fence.epoch,
                 current,
@@ -479,8 +479,8 @@ impl Writer {
     fn write(&mut self, batch: &mut [Pending], out: &mut Outcome) -> Result<(), StoreError> {
         let mut tx = self.conn.start_transaction(TxOpts::default())?;
         let fenced = match self.fence.certified {
-            true => lock::fence_by_write(&mut tx, self.fence.epoch),
-            false => lock::check_epoch(&mut tx, self.fence.epoch),
+            true => epoch::fence_by_write(&mut tx, self.fence.epoch),
+            false => epoch::check_epoch(&mut tx, self.fence.epoch),
         };
         if let Err(e) = fenced {
             give_up(tx, &e);
