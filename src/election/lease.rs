@@ -118,39 +118,37 @@ fn claim(
     me: &Claimant<'_>,
     seen: &Lease,
 ) -> Claim {
-    let taken = lock::with_lock(presence, false, |held| {
-        let claimed = match seen.is_free() {
-            true => lease::take(conn, me),
-            false => lease::steal(conn, me, &seen.holder, seen.term),
-        };
-        match claimed {
-            Ok(Some(term)) => {
-                log::info!(
-                    "took the lease (term {term}, {} s, renewed every {} ms){}",
-                    ctx.config.lease.as_secs(),
-                    ctx.config.keepalive().as_millis(),
-                    match seen.is_free() {
-                        true => String::new(),
-                        false => format!(" from {}, whose presence ended", seen.holder),
-                    }
-                );
-                Claim::Won(hold(ctx, held, conn, me, term))
-            }
-            Ok(None) => {
-                let _ = held.release();
-                Claim::Lost
-            }
-            Err(e) => {
-                let _ = held.release();
-                Claim::Failed(e)
-            }
-        }
-    });
-    match taken {
-        Ok(Some(claim)) => claim,
+    let held = match lock::try_lock(presence, false) {
+        Ok(Some(held)) => held,
         // Our node's presence is still held: by the holder, which is alive.
-        Ok(None) => Claim::Lost,
-        Err(e) => Claim::Failed(e),
+        Ok(None) => return Claim::Lost,
+        Err(e) => return Claim::Failed(e),
+    };
+    let claimed = match seen.is_free() {
+        true => lease::take(conn, me),
+        false => lease::steal(conn, me, &seen.holder, seen.term),
+    };
+    match claimed {
+        Ok(Some(term)) => {
+            log::info!(
+                "took the lease (term {term}, {} s, renewed every {} ms){}",
+                ctx.config.lease.as_secs(),
+                ctx.config.keepalive().as_millis(),
+                match seen.is_free() {
+                    true => String::new(),
+                    false => format!(" from {}, whose presence ended", seen.holder),
+                }
+            );
+            Claim::Won(hold(ctx, held, conn, me, term))
+        }
+        Ok(None) => {
+            let _ = held.release();
+            Claim::Lost
+        }
+        Err(e) => {
+            let _ = held.release();
+            Claim::Failed(e)
+        }
     }
 }
 
@@ -276,8 +274,11 @@ impl Slave {
         let Some(watch) = self.watch_connection(ctx, lease) else {
             return;
         };
-        match lock::with_lock(watch, false, |held| held.release()) {
-            Ok(Some(_)) => {
+        // Whether the presence ended (the lock won and given back at once), on one statement
+        // so that the borrow of the watch connection ends with it.
+        let ended = lock::try_lock(watch, false).map(|held| held.map(Held::release).is_some());
+        match ended {
+            Ok(true) => {
                 log::info!(
                     "the presence of {} (term {}) on {} ended: taking over before its lease lapses",
                     lease.holder,
@@ -286,7 +287,7 @@ impl Slave {
                 );
                 self.gone = Some((lease.holder.clone(), lease.term));
             }
-            Ok(None) => {}
+            Ok(false) => {}
             Err(e) => {
                 log::info!("watching {}: {e}", lease.address);
                 self.watch = None;

@@ -15,24 +15,19 @@ pub(super) fn elect(ctx: &Ctx<'_>, mut conn: Conn) -> Ended {
     let mut waiting = Waiting::default();
     let mut nowait = true;
     while !ctx.shutdown.is_stopping() {
-        let won = lock::with_lock(&mut conn, std::mem::take(&mut nowait), |held| {
-            hold(ctx, held)
-        });
-        match won {
-            Ok(Some(ended)) => return ended,
-            Ok(None) => match epoch::holder(&mut conn) {
-                Ok(holder) => waiting.log(ctx, (&holder.0, holder.1), ""),
-                Err(e) => return Ended::Reconnect(e),
-            },
+        match lock::try_lock(&mut conn, std::mem::take(&mut nowait)) {
+            // Master for as long as the lock's transaction lives.
+            Ok(Some(held)) => return serve_as_master(ctx, Locked(Some(held))),
+            Ok(None) => {}
+            Err(e) => return Ended::Reconnect(e),
+        };
+        // Another broker holds it: say which.
+        match epoch::holder(&mut conn) {
+            Ok(holder) => waiting.log(ctx, (&holder.0, holder.1), ""),
             Err(e) => return Ended::Reconnect(e),
         }
     }
     Ended::Stopping
-}
-
-/// Master: keep the lock's transaction alive until released or lost.
-fn hold(ctx: &Ctx<'_>, held: Held<'_>) -> Ended {
-    serve_as_master(ctx, Locked(Some(held)))
 }
 
 /// The lock's transaction; None once its connection broke.

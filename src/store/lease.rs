@@ -12,7 +12,7 @@
 //!
 //! A lease alone would make a slave wait for it to lapse after its master was killed. So the
 //! holder also keeps a *presence*: the row lock of `hamq_lock` held in an open transaction on its
-//! own node (`lock::with_lock`), which the node releases the moment the holder's connection
+//! own node (`lock::try_lock`), which the node releases the moment the holder's connection
 //! ends. The lease row says where that is (`node` as the server names itself, `address` as the
 //! holder reaches it); a slave waits on the same row lock through a connection to that node and,
 //! once it gets it, knows the holder is gone and takes the lease from exactly that holder and

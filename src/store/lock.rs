@@ -82,13 +82,9 @@ pub struct Held<'a> {
 }
 
 /// Try for the lock, waiting up to the session's `innodb_lock_wait_timeout` (not at all with
-/// `nowait`); when won, run `master` with it (the whole time as master is that call).
-/// `Ok(None)`: another broker holds it.
-pub fn with_lock<T>(
-    conn: &mut Conn,
-    nowait: bool,
-    master: impl FnOnce(Held<'_>) -> T,
-) -> Result<Option<T>, StoreError> {
+/// `nowait`). `Ok(Some(held))`: this broker holds it for as long as `held` lives (it borrows the
+/// connection, whose transaction is the lock). `Ok(None)`: another broker holds it.
+pub fn try_lock(conn: &mut Conn, nowait: bool) -> Result<Option<Held<'_>>, StoreError> {
     let mut tx = conn.start_transaction(TxOpts::default())?;
     let query = if nowait {
         "SELECT id FROM hamq_lock WHERE id = 1 FOR UPDATE NOWAIT"
@@ -96,7 +92,7 @@ pub fn with_lock<T>(
         "SELECT id FROM hamq_lock WHERE id = 1 FOR UPDATE"
     };
     match tx.query_drop(query) {
-        Ok(()) => Ok(Some(master(Held { tx }))),
+        Ok(()) => Ok(Some(Held { tx })),
         Err(mysql::Error::MySqlError(e))
             if e.code == LOCK_WAIT_TIMEOUT || e.code == LOCK_NOWAIT =>
         {
