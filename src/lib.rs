@@ -2,9 +2,10 @@
 //!
 //! # Layout
 //! Seven layers, bottom first; a module imports only modules of the layers below it (no cycle;
-//! `tests/layout.rs` reads the sources and checks it):
+//! `tests/layout.rs` reads the sources and checks it against these layers and the README's
+//! import graph):
 //! 1. `codec`, `auth`, `shutdown`, `flow_control`, `memory`: need nothing of the crate.
-//! 2. `message` (codec), `config` (auth).
+//! 2. `message` (codec), `config` (auth, codec).
 //! 3. `command`, `outbox`, `queue`, `transport`.
 //! 4. `store`: all SQL.
 //! 5. `router`, `election`.
