@@ -101,7 +101,7 @@ fn imports(src: &Path, module: &str) -> BTreeSet<String> {
     assert!(!files.is_empty(), "no source for module `{module}`");
     let mut found = BTreeSet::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).expect("read a source file");
+        let text = read(&file);
         for (at, _) in text.match_indices("crate::") {
             let name: String = text[at + 7..]
                 .chars()
